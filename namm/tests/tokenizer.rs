@@ -2,7 +2,7 @@
 //! decode, and its handling of damaged files.
 
 use candle_core::quantized::gguf_file::{self, Content, Value};
-use namm::tokenizer::{read_gguf_content, Tokenizer, TokenizerError};
+use namm::tokenizer::{read_gguf_content, ChatTemplate, Tokenizer, TokenizerError};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -162,6 +162,32 @@ fn chat_prompt_follows_the_gguf_template() {
     assert_eq!(
         custom,
         "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn default_system_turn_only_from_a_plain_literal() {
+    let guarded = |output: &str| {
+        format!(
+            "{{% for message in messages %}}{{% if loop.first and messages[0]['role'] != 'system' %}}{output}{{% endif %}}{{% endfor %}}"
+        )
+    };
+    let escaped = ChatTemplate::from_jinja(&guarded(
+        r#"{{ "<|im_start|>system\nBe kind.<|im_end|>\n" }}"#,
+    ));
+    assert_eq!(
+        escaped.default_system_turn.as_deref(),
+        Some("<|im_start|>system\nBe kind.<|im_end|>\n")
+    );
+    let concatenated = ChatTemplate::from_jinja(&guarded(
+        "{{ '<|im_start|>system\n' + system + '<|im_end|>\n' }}",
+    ));
+    assert_eq!(concatenated.default_system_turn, None);
+    let unguarded = ChatTemplate::from_jinja("{{ '<|im_start|>system\nHi<|im_end|>\n' }}");
+    assert_eq!(unguarded.default_system_turn, None);
+    assert_eq!(
+        unguarded.render(None, "q"),
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
     );
 }
 

@@ -30,7 +30,7 @@ pub fn read_gguf_content(path: &Path) -> Result<Content> {
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count() as u64;
         let block = info.ggml_dtype.block_size() as u64;
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(TokenizerError::BadGguf {
                 path: path.to_path_buf(),
                 reason: format!(
