@@ -359,3 +359,10 @@ fn spec_errors_name_the_problem() {
     let syntax = message("passkey:len");
     assert!(syntax.contains("KEY=VALUE"), "{syntax}");
 }
+
+#[test]
+fn samples_round_trip_through_json() {
+    let s = sample("variable-tracking:len=512", 0, 0);
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Sample>(&json).unwrap(), s);
+}
