@@ -195,15 +195,19 @@ fn middle_truncation_keeps_both_ends_in_tokens() {
     let tok = ApproxBpe::default();
     // Ten tokens with the test tokenizer: "one", " two", …, " ten".
     let text = "one two three four five six seven eight nine ten";
-    let ids = tok.encode(text);
+    let ids = tok.encode(text).unwrap();
     assert_eq!(ids.len(), 10);
     // Fits: unchanged.
-    assert_eq!(truncate_middle(text, 10, &tok), text);
+    assert_eq!(truncate_middle(text, 10, &tok).unwrap(), text);
     // Budget 5: keep ⌊5/2⌋ = 2 tokens from each end, decode each half, concatenate.
-    let cut = truncate_middle(text, 5, &tok);
+    let cut = truncate_middle(text, 5, &tok).unwrap();
     assert_eq!(
         cut,
-        format!("{}{}", tok.decode(&ids[..2]), tok.decode(&ids[8..]))
+        format!(
+            "{}{}",
+            tok.decode(&ids[..2]).unwrap(),
+            tok.decode(&ids[8..]).unwrap()
+        )
     );
     assert_eq!(cut, "one two nine ten");
 }
@@ -296,4 +300,29 @@ fn bad_files_give_errors_with_path_line_and_field() {
         ),
         "{err}"
     );
+}
+
+struct FailingCodec;
+
+impl TokenCounter for FailingCodec {
+    fn count_tokens(&self, text: &str) -> usize {
+        text.len()
+    }
+}
+
+impl TokenCodec for FailingCodec {
+    fn encode(&self, _: &str) -> Result<Vec<u32>, namm::tasks::TokenizerError> {
+        Err("no vocabulary".into())
+    }
+    fn decode(&self, _: &[u32]) -> Result<String, namm::tasks::TokenizerError> {
+        Err("no vocabulary".into())
+    }
+}
+
+#[test]
+fn tokenizer_failures_surface_as_errors() {
+    let task = load(&format!("longbench:path={FIXTURE},budget=100")).unwrap();
+    let err = task.sample(0, 0, &FailingCodec, &chatml).unwrap_err();
+    assert!(matches!(err, TaskError::Tokenizer(_)));
+    assert!(err.to_string().contains("no vocabulary"), "{err}");
 }

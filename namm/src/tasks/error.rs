@@ -37,6 +37,8 @@ pub enum TaskError {
         line: usize,
         reason: String,
     },
+    #[error("tokenizer failed on a LongBench prompt: {0}")]
+    Tokenizer(#[source] super::TokenizerError),
     #[error("sample index {index} is out of range: {path} has {len} samples")]
     IndexOutOfRange {
         path: PathBuf,

@@ -175,15 +175,25 @@ pub struct LongBenchRecord {
 /// Done on token ids, not characters, so the cut is where LongBench's is; `encode` must not add
 /// special tokens (budgets count text tokens, as LongBench's decode drops BOS). A budget below 2
 /// would keep nothing (and in Python `ids[-0:]` keeps everything), so it is clamped to 2.
-pub fn truncate_middle<T: TokenCodec + ?Sized>(text: &str, budget: usize, tokenizer: &T) -> String {
-    let ids = tokenizer.encode(text);
+pub fn truncate_middle<T: TokenCodec + ?Sized>(
+    text: &str,
+    budget: usize,
+    tokenizer: &T,
+) -> Result<String, TaskError> {
+    let ids = tokenizer.encode(text).map_err(TaskError::Tokenizer)?;
     if ids.len() <= budget {
-        return text.to_string();
+        return Ok(text.to_string());
     }
     let half = budget.max(2) / 2;
-    let mut out = tokenizer.decode(&ids[..half]);
-    out.push_str(&tokenizer.decode(&ids[ids.len() - half..]));
-    out
+    let mut out = tokenizer
+        .decode(&ids[..half])
+        .map_err(TaskError::Tokenizer)?;
+    out.push_str(
+        &tokenizer
+            .decode(&ids[ids.len() - half..])
+            .map_err(TaskError::Tokenizer)?,
+    );
+    Ok(out)
 }
 
 /// Reads the file of a `longbench` spec: every non-empty line must be a record of a known
@@ -252,7 +262,7 @@ pub(super) fn sample<T: TokenCodec + ?Sized>(
     let template = dataset_prompt(dataset).ok_or_else(unknown)?;
     let mut prompt = fill_template(template, &record.context, &record.input);
     if let Some(budget) = spec.budget {
-        prompt = truncate_middle(&prompt, budget, tokenizer);
+        prompt = truncate_middle(&prompt, budget, tokenizer)?;
     }
     Ok(Sample {
         index,

@@ -44,11 +44,16 @@ pub trait TokenCounter {
 }
 
 /// Turns text into token ids and back; needed for LongBench's middle truncation, which, as
-/// LongBench does, cuts the token sequence and decodes both halves.
+/// LongBench does, cuts the token sequence and decodes both halves. `encode` adds no BOS and
+/// treats control-token text literally (the model tokenizer's `encode(text, false)`); `decode`
+/// leaves control tokens out (`decode(ids, true)`).
 pub trait TokenCodec: TokenCounter {
-    fn encode(&self, text: &str) -> Vec<u32>;
-    fn decode(&self, ids: &[u32]) -> String;
+    fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError>;
+    fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError>;
 }
+
+/// A failure of the tokenizer behind [`TokenCodec`].
+pub type TokenizerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Wraps a user message into the model's chat template (e.g. the tokenizer's `chat_prompt`,
 /// ChatML `<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n`).

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use namm::tasks::{TokenCodec, TokenCounter};
+use namm::tasks::{TokenCodec, TokenCounter, TokenizerError};
 
 #[derive(Default)]
 pub struct ApproxBpe {
@@ -51,10 +51,10 @@ impl TokenCounter for ApproxBpe {
 }
 
 impl TokenCodec for ApproxBpe {
-    fn encode(&self, text: &str) -> Vec<u32> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let mut vocab = self.vocab.lock().unwrap();
         let (ids, pieces) = &mut *vocab;
-        Self::pieces(text)
+        Ok(Self::pieces(text)
             .into_iter()
             .map(|piece| {
                 *ids.entry(piece.to_string()).or_insert_with(|| {
@@ -62,13 +62,19 @@ impl TokenCodec for ApproxBpe {
                     (pieces.len() - 1) as u32
                 })
             })
-            .collect()
+            .collect())
     }
 
-    fn decode(&self, ids: &[u32]) -> String {
+    fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         let vocab = self.vocab.lock().unwrap();
         ids.iter()
-            .map(|&id| vocab.1[id as usize].as_str())
+            .map(|&id| {
+                vocab
+                    .1
+                    .get(id as usize)
+                    .map(String::as_str)
+                    .ok_or_else(|| format!("unknown id {id}").into())
+            })
             .collect()
     }
 }
