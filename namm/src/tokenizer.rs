@@ -336,3 +336,21 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         ))
     }
 }
+
+/// Task generators fill prompts to a length in this model's tokens.
+impl crate::tasks::TokenCounter for Tokenizer {
+    fn count_tokens(&self, text: &str) -> usize {
+        Tokenizer::count_tokens(self, text)
+    }
+}
+
+/// LongBench's middle truncation cuts token ids and decodes both halves.
+impl crate::tasks::TokenCodec for Tokenizer {
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, crate::tasks::TokenizerError> {
+        Ok(Tokenizer::encode(self, text, false)?)
+    }
+
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, crate::tasks::TokenizerError> {
+        Ok(Tokenizer::decode(self, ids, true)?)
+    }
+}
