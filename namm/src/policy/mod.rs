@@ -3,6 +3,24 @@
 //! owns whatever per-layer state it needs, aligned with the cache, and filters it itself with
 //! the indices it returns.
 
+mod bam;
+mod error;
+pub mod features;
+mod gqa;
+pub mod layout;
+mod namm;
+mod real;
+pub mod replay;
+mod select;
+mod simd;
+
+pub use error::PolicyError;
+pub use gqa::gqa_mean;
+pub use layout::{BamLayout, PARAM_COUNT};
+pub use namm::{Invocation, NammCore, NammPolicy, NormMode};
+pub use real::Real;
+pub use select::{binary_select, top_k};
+
 /// What the engine hands a policy at one invocation, for one layer (spec §2.3). All slices
 /// are row-major f32/u32 views of the engine's buffers.
 #[derive(Debug, Clone, Copy)]
