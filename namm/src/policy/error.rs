@@ -35,10 +35,12 @@ pub enum PolicyError {
     StatsDim { got: usize, expected: usize },
     #[error(transparent)]
     Stats(#[from] StatsError),
-    #[error("{path}: {source}")]
+    /// The I/O error is part of the message rather than a `source`, so that reports do not
+    /// print it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },

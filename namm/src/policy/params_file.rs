@@ -31,9 +31,9 @@ impl NammParams {
     /// Writes the file (through a temporary file and a rename, so a crash leaves either the
     /// old or the new file).
     pub fn save(&self, path: &Path) -> Result<(), PolicyError> {
-        let io = |source| PolicyError::Io {
+        let io = |error| PolicyError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let bytes = self.to_bytes().map_err(|reason| PolicyError::File {
             path: path.to_path_buf(),
@@ -73,9 +73,9 @@ impl NammParams {
     }
 
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
+        let bytes = std::fs::read(path).map_err(|error| PolicyError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_bytes(&bytes).map_err(|reason| PolicyError::File {
             path: path.to_path_buf(),

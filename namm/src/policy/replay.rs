@@ -38,9 +38,9 @@ pub enum Precision {
 
 /// Reads a JSON file, gunzipping it when it starts with the gzip magic bytes.
 pub fn read_json(path: &Path) -> Result<Value, PolicyError> {
-    let io = |source| PolicyError::Io {
+    let io = |error| PolicyError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let raw = std::fs::read(path).map_err(io)?;
     let text = if raw.starts_with(&[0x1f, 0x8b]) {
