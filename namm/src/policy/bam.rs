@@ -5,12 +5,10 @@
 use super::features::FEATURE_DIM;
 use super::layout::BamLayout;
 use super::real::Real;
-use super::simd;
+use super::simd::{self, Vector, LANES};
 
 /// Queries per block of the attention kernel: the key vectors loaded once serve all of them.
 const QB: usize = 8;
-/// Keys (logits) or value channels per vector register of f32.
-const LANES: usize = 16;
 
 /// θ unpacked into the matrices of spec §3, in the precision of the computation.
 #[derive(Debug, Clone)]
@@ -67,17 +65,21 @@ impl<T: Real> BamWeights<T> {
     }
 }
 
-/// Buffers reused across calls so the hot path does not allocate once warmed up.
+/// Buffers reused across calls so the hot path does not allocate once warmed up. Queries
+/// and keys are packed per block so that the kernels read them contiguously.
 #[derive(Debug, Default)]
 pub struct BamScratch<T> {
-    /// `[n + QB][padded]`, pre-scaled by 1/√hidden; rows past n stay zero.
+    /// `[⌈n/QB⌉][padded][QB]`: queries of each block of QB tokens, pre-scaled by 1/√hidden;
+    /// missing tokens of the last block are zero.
     q: Vec<T>,
-    /// `[padded][n_pad]`: keys transposed so that logits vectorise over keys.
-    kt: Vec<T>,
+    /// `[n_pad/LANES][padded][LANES]`: keys of each block of LANES tokens; padding is zero.
+    k: Vec<T>,
     /// `[n][padded]`.
     v: Vec<T>,
     /// `[QB][n_pad]`: logits, then unnormalised probabilities, of one query block.
     logits: Vec<T>,
+    /// `[n][QB]`: the same probabilities transposed, for the value pass.
+    probs: Vec<T>,
     /// `[n][padded]`: attention outputs.
     o: Vec<T>,
 }
@@ -97,6 +99,8 @@ pub fn bam_scores<T: Real>(
         let n_pad = n.div_ceil(LANES) * LANES;
         scratch.logits.clear();
         scratch.logits.resize(QB * n_pad, T::ZERO);
+        scratch.probs.clear();
+        scratch.probs.resize(n * QB, T::ZERO);
         scratch.o.clear();
         scratch.o.resize(n * w.padded, T::ZERO);
         simd::dispatch(AttendKernel {
@@ -133,9 +137,9 @@ fn project_qkv<T: Real>(w: &BamWeights<T>, x: &[T], n: usize, s: &mut BamScratch
     let n_pad = n.div_ceil(LANES) * LANES;
     let scale = T::from_f64(1.0 / (h as f64).sqrt());
     s.q.clear();
-    s.q.resize((n + QB) * hp, T::ZERO);
-    s.kt.clear();
-    s.kt.resize(hp * n_pad, T::ZERO);
+    s.q.resize(n.div_ceil(QB) * hp * QB, T::ZERO);
+    s.k.clear();
+    s.k.resize(n_pad * hp, T::ZERO);
     s.v.clear();
     s.v.resize(n * hp, T::ZERO);
     let mut row = vec![T::ZERO; 3 * h];
@@ -146,9 +150,11 @@ fn project_qkv<T: Real>(w: &BamWeights<T>, x: &[T], n: usize, s: &mut BamScratch
                 *r += xc * wv;
             }
         }
+        let (qb, qi) = (j / QB, j % QB);
+        let (kb, kl) = (j / LANES, j % LANES);
         for d in 0..h {
-            s.q[j * hp + d] = row[d] * scale;
-            s.kt[d * n_pad + j] = row[h + d];
+            s.q[(qb * hp + d) * QB + qi] = row[d] * scale;
+            s.k[(kb * hp + d) * LANES + kl] = row[h + d];
             s.v[j * hp + d] = row[2 * h + d];
         }
     }
@@ -160,102 +166,108 @@ struct AttendKernel<'a, T> {
     hp: usize,
 }
 
-impl<T: Real> simd::Kernel for AttendKernel<'_, T> {
+impl<T: Real> simd::Kernel<T> for AttendKernel<'_, T> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
-        attend(self.s, self.n, self.hp)
+    fn run<V: Vector<T>>(self) {
+        attend::<T, V>(self.s, self.n, self.hp)
     }
 }
 
-/// Backward-masked softmax attention: `o_i = Σ_{j≥i} softmax_j(q_i·k_j)·v_j`.
+/// Backward-masked softmax attention: `o_i = Σ_{j≥i} softmax_j(q_i·k_j)·v_j`, for blocks of
+/// QB queries: logits against every key block from the queries' own on, a softmax per query,
+/// then the probability-weighted sum of value rows.
 #[inline(always)]
-fn attend<T: Real>(s: &mut BamScratch<T>, n: usize, hp: usize) {
+fn attend<T: Real, V: Vector<T>>(s: &mut BamScratch<T>, n: usize, hp: usize) {
     let n_pad = n.div_ceil(LANES) * LANES;
-    let BamScratch {
-        q,
-        kt,
-        v,
-        logits,
-        o,
-    } = s;
-    for i0 in (0..n).step_by(QB) {
+    let q: &[T] = &s.q;
+    let k: &[T] = &s.k;
+    let v: &[T] = &s.v;
+    let logits: &mut [T] = &mut s.logits;
+    let probs: &mut [T] = &mut s.probs;
+    let o: &mut [T] = &mut s.o;
+    for (qb, qblock) in q.chunks_exact(hp * QB).enumerate() {
+        let i0 = qb * QB;
         let nq = QB.min(n - i0);
-        let jb0 = i0 / LANES * LANES;
-        let qblock = &q[i0 * hp..(i0 + QB) * hp];
-        for jb in (jb0..n_pad).step_by(LANES) {
-            let mut acc = [[T::ZERO; LANES]; QB];
-            for d in 0..hp {
-                let kv: &[T; LANES] = kt[d * n_pad + jb..d * n_pad + jb + LANES]
-                    .try_into()
-                    .expect("key block is LANES wide");
-                for (qi, a) in acc.iter_mut().enumerate() {
-                    let c = qblock[qi * hp + d];
-                    for l in 0..LANES {
-                        a[l] += c * kv[l];
-                    }
+        let kb0 = i0 / LANES;
+        for (kb, kblock) in k.chunks_exact(hp * LANES).enumerate().skip(kb0) {
+            let mut acc = [V::zero(); QB];
+            for (kd, qd) in kblock.chunks_exact(LANES).zip(qblock.chunks_exact(QB)) {
+                let kd = V::load(kd.try_into().expect("LANES keys"));
+                for (a, &qv) in acc.iter_mut().zip(qd) {
+                    *a = V::splat(qv).mul_add(kd, *a);
                 }
             }
             for (qi, a) in acc.iter().enumerate() {
-                logits[qi * n_pad + jb..qi * n_pad + jb + LANES].copy_from_slice(a);
+                let at = qi * n_pad + kb * LANES;
+                a.store(
+                    (&mut logits[at..at + LANES])
+                        .try_into()
+                        .expect("LANES logits"),
+                );
             }
         }
         let mut inv_sum = [T::ZERO; QB];
         for (qi, inv) in inv_sum.iter_mut().enumerate().take(nq) {
             let i = i0 + qi;
             let row = &mut logits[qi * n_pad..qi * n_pad + n];
-            let max = lane_max(&row[i..]);
-            row[jb0..i].fill(T::ZERO);
-            let mut sums = [T::ZERO; LANES];
+            let max = row_max::<T, V>(&row[i..]);
+            let mut sums = V::zero();
+            let mut tail_sum = T::ZERO;
             let mut chunks = row[i..].chunks_exact_mut(LANES);
             for c in &mut chunks {
-                for l in 0..LANES {
-                    c[l] = (c[l] - max).exp_nonpositive();
-                    sums[l] += c[l];
-                }
+                let c: &mut [T; LANES] = c.try_into().expect("LANES logits");
+                let e = (V::load(c) - V::splat(max)).exp_nonpositive();
+                e.store(c);
+                sums = sums + e;
             }
-            for (l, c) in chunks.into_remainder().iter_mut().enumerate() {
+            for c in chunks.into_remainder() {
                 *c = (*c - max).exp_nonpositive();
-                sums[l] += *c;
+                tail_sum += *c;
             }
-            *inv = T::ONE / sums.iter().fold(T::ZERO, |a, &b| a + b);
+            *inv = T::ONE / (sums.reduce_sum() + tail_sum);
+            // Keys older than the query are masked out.
+            for j in i0..i {
+                probs[j * QB + qi] = T::ZERO;
+            }
+            for (j, &p) in row.iter().enumerate().skip(i) {
+                probs[j * QB + qi] = p;
+            }
+        }
+        for qi in nq..QB {
+            for j in i0..n {
+                probs[j * QB + qi] = T::ZERO;
+            }
         }
         for dc in (0..hp).step_by(LANES) {
-            let mut acc = [[T::ZERO; LANES]; QB];
-            for j in i0..n {
-                let vv: &[T; LANES] = v[j * hp + dc..j * hp + dc + LANES]
-                    .try_into()
-                    .expect("value block is LANES wide");
-                for (qi, a) in acc.iter_mut().enumerate().take(nq) {
-                    let p = logits[qi * n_pad + j];
-                    for l in 0..LANES {
-                        a[l] += p * vv[l];
-                    }
+            let mut acc = [V::zero(); QB];
+            let rows = v[i0 * hp..n * hp].chunks_exact(hp);
+            for (vrow, p) in rows.zip(probs[i0 * QB..n * QB].chunks_exact(QB)) {
+                let vv = V::load(vrow[dc..dc + LANES].try_into().expect("LANES values"));
+                for (a, &pj) in acc.iter_mut().zip(p) {
+                    *a = V::splat(pj).mul_add(vv, *a);
                 }
             }
-            for qi in 0..nq {
-                let out = &mut o[(i0 + qi) * hp + dc..(i0 + qi) * hp + dc + LANES];
-                for l in 0..LANES {
-                    out[l] = acc[qi][l] * inv_sum[qi];
-                }
+            for (qi, a) in acc.iter().enumerate().take(nq) {
+                let at = (i0 + qi) * hp + dc;
+                let out = *a * V::splat(inv_sum[qi]);
+                out.store((&mut o[at..at + LANES]).try_into().expect("LANES outputs"));
             }
         }
     }
 }
 
 #[inline(always)]
-fn lane_max<T: Real>(xs: &[T]) -> T {
-    let mut m = [T::NEG_INFINITY; LANES];
+fn row_max<T: Real, V: Vector<T>>(xs: &[T]) -> T {
+    let mut m = V::splat(T::NEG_INFINITY);
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
-        for l in 0..LANES {
-            m[l] = m[l].max_fast(c[l]);
-        }
+        m = m.max(V::load(c.try_into().expect("LANES logits")));
     }
-    for (l, &c) in chunks.remainder().iter().enumerate() {
-        m[l] = m[l].max_fast(c);
-    }
-    m.iter().fold(T::NEG_INFINITY, |a, &b| a.max_fast(b))
+    chunks
+        .remainder()
+        .iter()
+        .fold(m.reduce_max(), |a, &b| a.max_fast(b))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use super::real::Real;
-use super::simd;
+use super::simd::{self, Vector, LANES};
 
 pub const N_FFT: usize = 32;
 pub const HOP: usize = 16;
@@ -18,9 +18,6 @@ pub const EMA_COEFF: f64 = 0.99;
 /// Largest age the recency table covers (spec `max_position_id`); older tokens share its row.
 pub const MAX_AGE: usize = 32768;
 const RECENCY_MAX_FREQ: f64 = 50000.0;
-
-/// Tokens processed side by side in the STFT kernel (one AVX-512 register of f32).
-const LANES: usize = 16;
 
 /// `torch.hann_window(32, periodic=True)` as torch computes it in float32 (spec §4.2). Its
 /// values differ from the correctly rounded `0.5 − 0.5·cos(2πk/32)` by up to 1 ulp, and the
@@ -162,73 +159,81 @@ struct SpectrumKernel<'a, 'b, T> {
     out: &'a mut [T],
 }
 
-impl<T: Real> simd::Kernel for SpectrumKernel<'_, '_, T> {
+impl<T: Real> simd::Kernel<T> for SpectrumKernel<'_, '_, T> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
-        spectrum_kernel(self.input, self.tw, self.out)
+    fn run<V: Vector<T>>(self) {
+        spectrum_kernel::<T, V>(self.input, self.tw, self.out)
     }
 }
 
+/// Frames outermost: every frame streams its 32 attention rows left to right, which the
+/// hardware prefetches, while the per-token accumulators (17 values per token) stay in L2.
+/// (Token blocks outermost would walk the rows column-wise, one cache miss per row.)
 #[inline(always)]
-fn spectrum_kernel<T: Real>(input: &SpectrumInput<'_, T>, tw: &Twiddles<T>, out: &mut [T]) {
+fn spectrum_kernel<T: Real, V: Vector<T>>(
+    input: &SpectrumInput<'_, T>,
+    tw: &Twiddles<T>,
+    out: &mut [T],
+) {
     let nt = input.n_tokens;
     let frames = input.n_new / HOP;
-    let mut j0 = 0;
-    while j0 < nt {
-        let width = LANES.min(nt - j0);
-        let mut acc = [[T::ZERO; LANES]; N_BINS];
-        for f in 0..frames {
-            // Causal frame mask (spec §4.3): a new token only counts frames from the one
-            // holding its own query on.
-            let mut weight = [T::ZERO; LANES];
-            let mut any = false;
-            for (l, w) in weight.iter_mut().enumerate().take(width) {
-                let j = j0 + l;
-                if j < input.n_old || (j - input.n_old) / HOP <= f {
-                    *w = input.frame_weights[f];
-                    any = true;
-                }
+    let blocks = nt.div_ceil(LANES);
+    let window: [V; N_FFT] = tw.window.map(V::splat);
+    let cos: [[V; HOP]; 9] = tw.cos.map(|row| row.map(V::splat));
+    let sin: [[V; HOP]; 9] = tw.sin.map(|row| row.map(V::splat));
+    let mut acc = vec![[V::zero(); N_BINS]; blocks];
+    for f in 0..frames {
+        let rows: [&[T]; N_FFT] = std::array::from_fn(|m| {
+            let t = f * HOP + m;
+            if t < HOP {
+                &input.lead[t * nt..(t + 1) * nt]
+            } else {
+                &input.attn[(t - HOP) * nt..(t - HOP + 1) * nt]
             }
-            if !any {
+        });
+        let w = V::splat(input.frame_weights[f]);
+        for (b, acc_b) in acc.iter_mut().enumerate() {
+            let j0 = b * LANES;
+            // Causal frame mask (spec §4.3): a new token only counts frames from the one
+            // holding its own query on. Tokens are chronological, so the masked ones are a
+            // suffix of the block; zeroing their samples zeroes their magnitudes.
+            let width = LANES.min(nt - j0);
+            let valid = (0..width)
+                .find(|&l| {
+                    let j = j0 + l;
+                    j >= input.n_old && (j - input.n_old) / HOP > f
+                })
+                .unwrap_or(width);
+            if valid == 0 {
                 continue;
             }
-            let mut x = [[T::ZERO; LANES]; N_FFT];
-            for (m, xm) in x.iter_mut().enumerate() {
-                let t = f * HOP + m;
-                let row = if t < HOP {
-                    &input.lead[t * nt..(t + 1) * nt]
-                } else {
-                    &input.attn[(t - HOP) * nt..(t - HOP + 1) * nt]
+            let x: [V; N_FFT] = std::array::from_fn(|m| {
+                let row = &rows[m][j0..j0 + width];
+                let v = match <&[T; LANES]>::try_from(row) {
+                    Ok(full) if valid == LANES => V::load(full),
+                    _ => {
+                        let mut part = [T::ZERO; LANES];
+                        part[..valid].copy_from_slice(&row[..valid]);
+                        V::load(&part)
+                    }
                 };
-                load_lanes(xm, &row[j0..j0 + width], tw.window[m]);
-            }
-            let mag = dft_magnitudes(&x, tw);
-            for (a, m) in acc.iter_mut().zip(&mag) {
-                for l in 0..LANES {
-                    a[l] += weight[l] * m[l];
-                }
+                v * window[m]
+            });
+            let mag = dft_magnitudes(&x, &cos, &sin);
+            for (a, m) in acc_b.iter_mut().zip(&mag) {
+                *a = w.mul_add(*m, *a);
             }
         }
-        for l in 0..width {
+    }
+    for (b, acc_b) in acc.iter().enumerate() {
+        let j0 = b * LANES;
+        let lanes: [[T; LANES]; N_BINS] = acc_b.map(V::to_array);
+        for l in 0..LANES.min(nt - j0) {
             let row = &mut out[(j0 + l) * N_BINS..(j0 + l + 1) * N_BINS];
             for (k, o) in row.iter_mut().enumerate() {
-                *o = acc[k][l];
+                *o = lanes[k][l];
             }
-        }
-        j0 += LANES;
-    }
-}
-
-#[inline(always)]
-fn load_lanes<T: Real>(dst: &mut [T; LANES], src: &[T], scale: T) {
-    if let Ok(full) = <&[T; LANES]>::try_from(src) {
-        for l in 0..LANES {
-            dst[l] = full[l] * scale;
-        }
-    } else {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s * scale;
         }
     }
 }
@@ -236,42 +241,38 @@ fn load_lanes<T: Real>(dst: &mut [T; LANES], src: &[T], scale: T) {
 /// |DFT| of 32 windowed samples per lane. Pairs `x[m] ± x[32−m]` give the cosine and sine
 /// halves; splitting those sums into even and odd `m` yields bins k and 16−k together.
 #[inline(always)]
-fn dft_magnitudes<T: Real>(x: &[[T; LANES]; N_FFT], tw: &Twiddles<T>) -> [[T; LANES]; N_BINS] {
-    let mut even = [[T::ZERO; LANES]; HOP];
-    let mut odd = [[T::ZERO; LANES]; HOP];
+fn dft_magnitudes<T: Real, V: Vector<T>>(
+    x: &[V; N_FFT],
+    cos: &[[V; HOP]; 9],
+    sin: &[[V; HOP]; 9],
+) -> [V; N_BINS] {
+    let mut even = [V::zero(); HOP];
+    let mut odd = [V::zero(); HOP];
     for m in 1..HOP {
-        for l in 0..LANES {
-            even[m][l] = x[m][l] + x[N_FFT - m][l];
-            odd[m][l] = x[m][l] - x[N_FFT - m][l];
-        }
+        even[m] = x[m] + x[N_FFT - m];
+        odd[m] = x[m] - x[N_FFT - m];
     }
-    let mut mag = [[T::ZERO; LANES]; N_BINS];
+    let mut mag = [V::zero(); N_BINS];
     for k in 0..=8 {
-        let (c, s) = (&tw.cos[k], &tw.sin[k]);
-        let mut ce = [T::ZERO; LANES];
-        let mut co = [T::ZERO; LANES];
-        let mut se = [T::ZERO; LANES];
-        let mut so = [T::ZERO; LANES];
+        let (c, s) = (&cos[k], &sin[k]);
+        let (mut ce, mut co, mut se, mut so) = (V::zero(), V::zero(), V::zero(), V::zero());
         for m in (2..HOP).step_by(2) {
-            for l in 0..LANES {
-                ce[l] += c[m] * even[m][l];
-                se[l] += s[m] * odd[m][l];
-            }
+            ce = c[m].mul_add(even[m], ce);
+            se = s[m].mul_add(odd[m], se);
         }
         for m in (1..HOP).step_by(2) {
-            for l in 0..LANES {
-                co[l] += c[m] * even[m][l];
-                so[l] += s[m] * odd[m][l];
-            }
+            co = c[m].mul_add(even[m], co);
+            so = s[m].mul_add(odd[m], so);
         }
-        let sign = if k % 2 == 0 { T::ONE } else { -T::ONE };
-        for l in 0..LANES {
-            let base = x[0][l] + sign * x[HOP][l] + ce[l];
-            let (re_lo, im_lo) = (base + co[l], se[l] + so[l]);
-            let (re_hi, im_hi) = (base - co[l], se[l] - so[l]);
-            mag[N_FFT / 2 - k][l] = (re_hi * re_hi + im_hi * im_hi).sqrt();
-            mag[k][l] = (re_lo * re_lo + im_lo * im_lo).sqrt();
-        }
+        let base = if k % 2 == 0 {
+            x[0] + x[HOP]
+        } else {
+            x[0] - x[HOP]
+        } + ce;
+        let (re_lo, im_lo) = (base + co, se + so);
+        let (re_hi, im_hi) = (base - co, se - so);
+        mag[N_FFT / 2 - k] = re_hi.mul_add(re_hi, im_hi * im_hi).sqrt();
+        mag[k] = re_lo.mul_add(re_lo, im_lo * im_lo).sqrt();
     }
     mag
 }
@@ -279,6 +280,7 @@ fn dft_magnitudes<T: Real>(x: &[[T; LANES]; N_FFT], tw: &Twiddles<T>) -> [[T; LA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::simd::Lanes;
 
     /// Direct evaluation of the one-sided DFT magnitude, the definition in spec §4.2.
     fn naive(samples: &[f64; N_FFT]) -> [f64; N_BINS] {
@@ -305,7 +307,10 @@ mod tests {
                 x[m][l] = *v * tw.window[m];
             }
         }
-        let mag = dft_magnitudes(&x, &tw);
+        let x = x.map(|r| Lanes::load(&r));
+        let cos = tw.cos.map(|row| row.map(Lanes::splat));
+        let sin = tw.sin.map(|row| row.map(Lanes::splat));
+        let mag = dft_magnitudes(&x, &cos, &sin).map(Lanes::to_array);
         for (l, r) in raw.iter().enumerate() {
             let want = naive(r);
             for k in 0..N_BINS {

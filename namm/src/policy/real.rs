@@ -4,6 +4,8 @@
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
+use super::simd::{self, Kernel};
+
 pub trait Real:
     Copy
     + Debug
@@ -29,10 +31,15 @@ pub trait Real:
     fn from_f32(v: f32) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
+    /// `self·a + b` with one rounding. A single instruction inside the AVX2/AVX-512 kernels
+    /// (see `simd`); only a CPU without FMA would pay for a software fallback.
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// `exp(x)` for the softmax, where `x ≤ 0`. `f32` uses a vectorisable polynomial
     /// (relative error ~1e-7, the f32 rounding level); `f64` the exact libm value, because the
     /// f64 path exists to match the reference to 1e-10.
     fn exp_nonpositive(self) -> Self;
+    /// Runs a vector kernel with the best vector type for `Self` on this CPU.
+    fn dispatch<K: Kernel<Self>>(kernel: K) -> K::Output;
     /// The larger of two values, in a form the compiler can vectorise (no NaN special case).
     #[inline(always)]
     fn max_fast(self, other: Self) -> Self {
@@ -66,8 +73,16 @@ impl Real for f64 {
         f64::sqrt(self)
     }
     #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
+    #[inline(always)]
     fn exp_nonpositive(self) -> Self {
         f64::exp(self)
+    }
+    #[inline]
+    fn dispatch<K: Kernel<Self>>(kernel: K) -> K::Output {
+        simd::dispatch_portable(kernel)
     }
 }
 
@@ -93,8 +108,16 @@ impl Real for f32 {
         f32::sqrt(self)
     }
     #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
+    #[inline(always)]
     fn exp_nonpositive(self) -> Self {
         exp_f32(self)
+    }
+    #[inline]
+    fn dispatch<K: Kernel<Self>>(kernel: K) -> K::Output {
+        simd::dispatch_f32(kernel)
     }
 }
 
