@@ -1,7 +1,8 @@
 //! NAMM policy cost per layer and invocation: n = 512 new tokens, H = 3 KV heads (SmolLM2),
 //! N = 1024 / 2048 / 4096 cached tokens. Prints the median of several runs for the whole
-//! invocation (random θ), for θ = 0 (BAM's attention is skipped: features + selection), and
-//! for the f64 path. `cargo bench -p namm --no-default-features --bench policy`
+//! invocation (random θ) on one thread and with one thread per head, for θ = 0 (BAM's
+//! attention is skipped: features + selection only), and for the f64 path.
+//! `cargo bench -p namm --no-default-features --bench policy`
 
 use std::time::{Duration, Instant};
 
@@ -66,21 +67,28 @@ fn main() {
     let stats = NormStats::new(vec![0.001; 17], vec![1e-6; 17], 1.0).expect("valid stats");
     println!("NAMM policy, one layer, H = {HEADS}, n = {N_NEW} (median of {RUNS}, ms)");
     println!(
-        "{:>6} {:>12} {:>14} {:>12}",
-        "N", "f32 random θ", "f32 θ=0 (no BAM)", "f64 random θ"
+        "{:>6} {:>16} {:>18} {:>18} {:>14}",
+        "N", "f32 θ 1 thread", "f32 θ thread/head", "f32 θ=0 1 thread", "f64 θ 1 thread"
     );
     for n in [1024, 2048, 4096] {
         let attn = attention(n);
         let attn64: Vec<f64> = attn.iter().map(|&v| v as f64).collect();
         let pos: Vec<u32> = (0..HEADS).flat_map(|_| 0..n as u32).collect();
-        let mut full = NammCore::<f32>::new(&theta, NormMode::Frozen(stats.clone())).expect("θ");
+        let mut serial = NammCore::<f32>::new(&theta, NormMode::Frozen(stats.clone())).expect("θ");
+        serial.set_threads(1);
+        let mut parallel =
+            NammCore::<f32>::new(&theta, NormMode::Frozen(stats.clone())).expect("θ");
+        parallel.set_threads(HEADS);
         let mut zero =
             NammCore::<f32>::new(&vec![0.0f32; theta.len()], NormMode::Frozen(stats.clone()))
                 .expect("θ");
+        zero.set_threads(1);
         let mut wide = NammCore::<f64>::new(&theta, NormMode::Frozen(stats.clone())).expect("θ");
+        wide.set_threads(1);
         println!(
-            "{n:>6} {:>12.2} {:>14.2} {:>12.2}",
-            median_ms(&mut full, &attn, &pos, n),
+            "{n:>6} {:>16.2} {:>18.2} {:>18.2} {:>14.2}",
+            median_ms(&mut serial, &attn, &pos, n),
+            median_ms(&mut parallel, &attn, &pos, n),
             median_ms(&mut zero, &attn, &pos, n),
             median_ms(&mut wide, &attn64, &pos, n),
         );

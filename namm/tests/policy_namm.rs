@@ -193,3 +193,27 @@ fn parameter_files_build_the_same_policy() {
     };
     assert_eq!(from_file.select(&view), direct.select(&view));
 }
+
+#[test]
+fn heads_on_threads_compute_exactly_what_one_thread_computes() {
+    let params = random_params(11);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (heads, n) = (3, 512);
+    let attn = attention(&mut rng, heads, n, n);
+    let pos: Vec<u32> = (0..heads).flat_map(|_| 0..n as u32).collect();
+    let inv = Invocation {
+        layer: 0,
+        n_heads: heads,
+        n_tokens: n,
+        n_new: n,
+        attn: &attn,
+        positions: &pos,
+    };
+    let mut serial = NammCore::<f32>::new(&params, frozen()).unwrap();
+    serial.set_threads(1);
+    let mut parallel = NammCore::<f32>::new(&params, frozen()).unwrap();
+    parallel.set_threads(4);
+    assert_eq!(serial.invoke(&inv).unwrap(), parallel.invoke(&inv).unwrap());
+    assert_eq!(serial.scores(), parallel.scores());
+    assert_eq!(serial.features(), parallel.features());
+}

@@ -77,8 +77,10 @@ pub struct NammCore<T: Real> {
     spec: Vec<T>,
     features: Vec<T>,
     scores: Vec<T>,
-    lead: Vec<T>,
-    bam: BamScratch<T>,
+    /// One per head, so heads can run on separate threads.
+    bam: Vec<BamScratch<T>>,
+    /// 1: every head on the caller's thread; more: each head on its own thread.
+    threads: usize,
 }
 
 impl<T: Real> NammCore<T> {
@@ -131,9 +133,24 @@ impl<T: Real> NammCore<T> {
             spec: Vec::new(),
             features: Vec::new(),
             scores: Vec::new(),
-            lead: Vec::new(),
-            bam: BamScratch::default(),
+            bam: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// 1 keeps all work on the caller's thread; more lets each head run on its own thread
+    /// (the default when the machine has several cores).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    /// Threads for a layer of `n` tokens: small layers are not worth a thread start.
+    fn threads_for(&self, n: usize) -> usize {
+        if n < PARALLEL_MIN_TOKENS {
+            1
+        } else {
+            self.threads
+        }
     }
 
     pub fn layout(&self) -> BamLayout {
@@ -204,42 +221,46 @@ impl<T: Real> NammCore<T> {
         self.spec.clear();
         self.spec.resize(h_count * n * N_BINS, T::ZERO);
         let mut next_prev = vec![T::ZERO; h_count * n * HOP];
-        for h in 0..h_count {
+        let twiddles = &self.twiddles;
+        let threads = self.threads_for(n);
+        let spectra = self
+            .spec
+            .chunks_exact_mut(n * N_BINS)
+            .zip(next_prev.chunks_exact_mut(n * HOP))
+            .enumerate();
+        for_each_head(threads, spectra, |(h, (spec, prev))| {
             let attn = &inv.attn[h * n_new * n..(h + 1) * n_new * n];
-            self.lead.clear();
-            self.lead.resize(HOP * n, T::ZERO);
+            let mut lead = vec![T::ZERO; HOP * n];
             if let Some(s) = &state {
                 for j in 0..n_old {
                     let p = &s.prev[(h * n_old + j) * HOP..(h * n_old + j + 1) * HOP];
                     for (m, &v) in p.iter().enumerate() {
-                        self.lead[m * n + j] = v;
+                        lead[m * n + j] = v;
                     }
                 }
             }
-            let spec = &mut self.spec[h * n * N_BINS..(h + 1) * n * N_BINS];
             let input = SpectrumInput {
                 attn,
-                lead: &self.lead,
+                lead: &lead,
                 n_tokens: n,
                 n_new,
                 n_old,
                 frame_weights: &weights_f,
             };
-            spectrum_ema(&input, &self.twiddles, spec);
+            spectrum_ema(&input, twiddles, spec);
             if let Some(s) = &state {
                 let old = &s.ema[h * n_old * N_BINS..(h + 1) * n_old * N_BINS];
                 for (r, &e) in spec.iter_mut().zip(old) {
                     *r += decay * e;
                 }
             }
-            let prev = &mut next_prev[h * n * HOP..(h + 1) * n * HOP];
             for m in 0..HOP {
                 let row = &attn[(n_new - HOP + m) * n..(n_new - HOP + m + 1) * n];
                 for (j, &v) in row.iter().enumerate() {
                     prev[j * HOP + m] = v;
                 }
             }
-        }
+        });
 
         if let NormMode::Accumulate(running) = &mut self.norm {
             let batch = NormStats::from_rows(N_BINS, self.spec.iter().map(|v| v.to_f64()));
@@ -253,29 +274,32 @@ impl<T: Real> NammCore<T> {
         self.features.resize(h_count * n * FEATURE_DIM, T::ZERO);
         self.scores.clear();
         self.scores.resize(h_count * n, T::ZERO);
-        for h in 0..h_count {
+        if self.bam.len() < h_count {
+            self.bam.resize_with(h_count, BamScratch::default);
+        }
+        let weights = &self.weights;
+        let spec = &self.spec;
+        let heads = self
+            .features
+            .chunks_exact_mut(n * FEATURE_DIM)
+            .zip(self.scores.chunks_exact_mut(n))
+            .zip(self.bam.iter_mut())
+            .enumerate();
+        for_each_head(threads, heads, |(h, ((features, scores), scratch))| {
             let pos = &inv.positions[h * n..(h + 1) * n];
             let newest = pos[n - 1];
-            for j in 0..n {
-                let f =
-                    &mut self.features[(h * n + j) * FEATURE_DIM..(h * n + j + 1) * FEATURE_DIM];
+            for (j, f) in features.chunks_exact_mut(FEATURE_DIM).enumerate() {
                 let age = newest.saturating_sub(pos[j]) as usize;
                 for (d, &r) in f[..RECENCY_DIM].iter_mut().zip(recency_row(age)) {
                     *d = T::from_f32(r);
                 }
-                let r = &self.spec[(h * n + j) * N_BINS..(h * n + j + 1) * N_BINS];
+                let r = &spec[(h * n + j) * N_BINS..(h * n + j + 1) * N_BINS];
                 for k in 0..N_BINS {
                     f[RECENCY_DIM + k] = (r[k] - mean[k]) / scale[k];
                 }
             }
-            bam_scores(
-                &self.weights,
-                &self.features[h * n * FEATURE_DIM..(h + 1) * n * FEATURE_DIM],
-                n,
-                &mut self.bam,
-                &mut self.scores[h * n..(h + 1) * n],
-            );
-        }
+            bam_scores(weights, features, n, scratch, scores);
+        });
 
         let kept = binary_select(&self.scores, h_count, n);
         let k = kept.first().map_or(0, Vec::len);
@@ -295,6 +319,30 @@ impl<T: Real> NammCore<T> {
         });
         Ok(kept)
     }
+}
+
+/// Below this many cached tokens per head, heads are processed on the caller's thread.
+const PARALLEL_MIN_TOKENS: usize = 256;
+
+/// Runs `work` on every item (one per head): on the caller's thread when `threads` is 1,
+/// otherwise on one scoped thread per item. With more heads than cores (3 on 2) the OS
+/// shares the cores, which balances better than a fixed split of heads to threads.
+fn for_each_head<I, F>(threads: usize, items: I, work: F)
+where
+    I: Iterator + Send,
+    I::Item: Send,
+    F: Fn(I::Item) + Sync,
+{
+    if threads <= 1 {
+        items.for_each(work);
+        return;
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        for item in items {
+            scope.spawn(move || work(item));
+        }
+    });
 }
 
 fn check_shapes<T>(inv: &Invocation<'_, T>) -> Result<(), PolicyError> {
@@ -374,6 +422,11 @@ impl NammPolicy {
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
         self.label = label.into();
         self
+    }
+
+    /// See [`NammCore::set_threads`].
+    pub fn set_threads(&mut self, threads: usize) {
+        self.core.set_threads(threads);
     }
 
     pub fn core(&self) -> &NammCore<f32> {

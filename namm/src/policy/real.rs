@@ -82,7 +82,7 @@ impl Real for f64 {
     }
     #[inline]
     fn dispatch<K: Kernel<Self>>(kernel: K) -> K::Output {
-        simd::dispatch_portable(kernel)
+        simd::dispatch_f64(kernel)
     }
 }
 

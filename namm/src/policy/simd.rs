@@ -139,6 +139,20 @@ pub fn dispatch_portable<T: Real, K: Kernel<T>>(kernel: K) -> K::Output {
     kernel.run::<Lanes<T>>()
 }
 
+/// f64 kernels with AVX-512 registers where the CPU has them, portable lanes otherwise.
+#[inline]
+pub fn dispatch_f64<K: Kernel<f64>>(kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above; `F64x8x2` is only built
+            // here.
+            return unsafe { x86::run_avx512::<f64, x86::F64x8x2, K>(kernel) };
+        }
+    }
+    dispatch_portable(kernel)
+}
+
 /// f32 kernels with AVX-512 or AVX2 registers where the CPU has them.
 #[inline]
 pub fn dispatch_f32<K: Kernel<f32>>(kernel: K) -> K::Output {
@@ -280,6 +294,79 @@ mod x86 {
         }
     }
 
+    /// 16 f64 in two AVX-512 registers. `exp` stays the exact libm value per lane: the f64
+    /// path exists to match the reference to 1e-10.
+    #[derive(Clone, Copy)]
+    pub struct F64x8x2(__m512d, __m512d);
+
+    binop!(F64x8x2, Add, add, |a: F64x8x2, b: F64x8x2| F64x8x2(
+        _mm512_add_pd(a.0, b.0),
+        _mm512_add_pd(a.1, b.1)
+    ));
+    binop!(F64x8x2, Sub, sub, |a: F64x8x2, b: F64x8x2| F64x8x2(
+        _mm512_sub_pd(a.0, b.0),
+        _mm512_sub_pd(a.1, b.1)
+    ));
+    binop!(F64x8x2, Mul, mul, |a: F64x8x2, b: F64x8x2| F64x8x2(
+        _mm512_mul_pd(a.0, b.0),
+        _mm512_mul_pd(a.1, b.1)
+    ));
+
+    impl Vector<f64> for F64x8x2 {
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY: see the module comment.
+            unsafe { F64x8x2(_mm512_setzero_pd(), _mm512_setzero_pd()) }
+        }
+        #[inline(always)]
+        fn splat(v: f64) -> Self {
+            // SAFETY: see the module comment.
+            unsafe { F64x8x2(_mm512_set1_pd(v), _mm512_set1_pd(v)) }
+        }
+        #[inline(always)]
+        fn load(src: &[f64; LANES]) -> Self {
+            // SAFETY: see the module comment; `src` holds 16 readable f64.
+            unsafe {
+                F64x8x2(
+                    _mm512_loadu_pd(src.as_ptr()),
+                    _mm512_loadu_pd(src.as_ptr().add(8)),
+                )
+            }
+        }
+        #[inline(always)]
+        fn store(self, dst: &mut [f64; LANES]) {
+            // SAFETY: see the module comment; `dst` holds 16 writable f64.
+            unsafe {
+                _mm512_storeu_pd(dst.as_mut_ptr(), self.0);
+                _mm512_storeu_pd(dst.as_mut_ptr().add(8), self.1);
+            }
+        }
+        #[inline(always)]
+        fn mul_add(self, a: Self, b: Self) -> Self {
+            // SAFETY: see the module comment.
+            unsafe {
+                F64x8x2(
+                    _mm512_fmadd_pd(self.0, a.0, b.0),
+                    _mm512_fmadd_pd(self.1, a.1, b.1),
+                )
+            }
+        }
+        #[inline(always)]
+        fn sqrt(self) -> Self {
+            // SAFETY: see the module comment.
+            unsafe { F64x8x2(_mm512_sqrt_pd(self.0), _mm512_sqrt_pd(self.1)) }
+        }
+        #[inline(always)]
+        fn max(self, o: Self) -> Self {
+            // SAFETY: see the module comment.
+            unsafe { F64x8x2(_mm512_max_pd(self.0, o.0), _mm512_max_pd(self.1, o.1)) }
+        }
+        #[inline(always)]
+        fn exp_nonpositive(self) -> Self {
+            Self::load(&self.to_array().map(f64::exp))
+        }
+    }
+
     /// 16 f32 in two AVX2 registers.
     #[derive(Clone, Copy)]
     pub struct F32x8x2(__m256, __m256);
@@ -379,6 +466,24 @@ mod tests {
     use super::*;
 
     struct Probe<'a>(&'a [f32; LANES]);
+
+    struct Probe64<'a>(&'a [f64; LANES]);
+
+    impl Kernel<f64> for Probe64<'_> {
+        type Output = [f64; LANES];
+        #[inline(always)]
+        fn run<V: Vector<f64>>(self) -> [f64; LANES] {
+            let x = V::load(self.0);
+            let y = x.mul_add(V::splat(2.0), V::splat(-1.0)).max(V::zero());
+            (y.sqrt() + (x - V::splat(6.0)).exp_nonpositive() * x).to_array()
+        }
+    }
+
+    #[test]
+    fn f64_vectors_compute_exactly_like_portable_lanes() {
+        let x: [f64; LANES] = std::array::from_fn(|l| l as f64 * 0.37);
+        assert_eq!(dispatch_f64(Probe64(&x)), Probe64(&x).run::<Lanes<f64>>());
+    }
 
     impl Kernel<f32> for Probe<'_> {
         type Output = [f32; LANES];
