@@ -68,7 +68,7 @@ fn full_keeps_everything() {
 fn streaming_keeps_sinks_and_the_most_recent_tokens() {
     let v = View::new(2, 10, 4);
     let mut p = policy("streaming:sinks=2,budget=5");
-    assert_eq!(p.inputs().attention, false);
+    assert!(!p.inputs().attention);
     let kept = p.select(&v.view(0)).unwrap();
     assert_eq!(kept, vec![vec![0, 1, 7, 8, 9]; 2]);
 }

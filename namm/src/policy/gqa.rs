@@ -11,13 +11,13 @@ pub fn gqa_mean<T: Real>(
     query_heads: usize,
     groups: usize,
 ) -> Result<Vec<T>, PolicyError> {
-    if groups == 0 || query_heads == 0 || query_heads % groups != 0 {
+    if groups == 0 || query_heads == 0 || !query_heads.is_multiple_of(groups) {
         return Err(PolicyError::Input {
             field: "kv_groups",
             reason: format!("{query_heads} query heads cannot form groups of {groups}"),
         });
     }
-    if attn.len() % query_heads != 0 {
+    if !attn.len().is_multiple_of(query_heads) {
         return Err(PolicyError::Input {
             field: "attn",
             reason: format!(

@@ -350,7 +350,7 @@ fn check_shapes<T>(inv: &Invocation<'_, T>) -> Result<(), PolicyError> {
     if inv.n_heads == 0 {
         return bad("n_heads", "must be at least 1".into());
     }
-    if inv.n_new == 0 || inv.n_new % HOP != 0 {
+    if inv.n_new == 0 || !inv.n_new.is_multiple_of(HOP) {
         return bad(
             "n_new",
             format!("{} is not a positive multiple of {HOP}", inv.n_new),

@@ -31,6 +31,7 @@ pub trait Real:
     fn from_f32(v: f32) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
+    fn is_nan(self) -> bool;
     /// `self·a + b` with one rounding. A single instruction inside the AVX2/AVX-512 kernels
     /// (see `simd`); only a CPU without FMA would pay for a software fallback.
     fn mul_add(self, a: Self, b: Self) -> Self;
@@ -73,6 +74,10 @@ impl Real for f64 {
         f64::sqrt(self)
     }
     #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         f64::mul_add(self, a, b)
     }
@@ -106,6 +111,10 @@ impl Real for f32 {
     #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
     }
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {

@@ -8,10 +8,10 @@ use super::real::Real;
 /// NaN ranks lowest, so a broken score never protects a token.
 #[inline]
 fn rank_key<T: Real>(s: T) -> T {
-    if s == s {
-        s
-    } else {
+    if s.is_nan() {
         T::NEG_INFINITY
+    } else {
+        s
     }
 }
 
