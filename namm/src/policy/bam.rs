@@ -170,15 +170,21 @@ impl<T: Real> simd::Kernel<T> for AttendKernel<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run<V: Vector<T>>(self) {
-        attend::<T, V>(self.s, self.n, self.hp)
+        // Accumulators for QS queries must fit the register file with room to spare.
+        if V::REGISTERS_PER_VECTOR > 1 {
+            attend::<T, V, { QB / 2 }>(self.s, self.n, self.hp)
+        } else {
+            attend::<T, V, QB>(self.s, self.n, self.hp)
+        }
     }
 }
 
 /// Backward-masked softmax attention: `o_i = Σ_{j≥i} softmax_j(q_i·k_j)·v_j`, for blocks of
 /// QB queries: logits against every key block from the queries' own on, a softmax per query,
-/// then the probability-weighted sum of value rows.
+/// then the probability-weighted sum of value rows. The products run QS queries at a time
+/// (QS divides QB), as many accumulators as the vector registers hold.
 #[inline(always)]
-fn attend<T: Real, V: Vector<T>>(s: &mut BamScratch<T>, n: usize, hp: usize) {
+fn attend<T: Real, V: Vector<T>, const QS: usize>(s: &mut BamScratch<T>, n: usize, hp: usize) {
     let n_pad = n.div_ceil(LANES) * LANES;
     let q: &[T] = &s.q;
     let k: &[T] = &s.k;
@@ -191,20 +197,22 @@ fn attend<T: Real, V: Vector<T>>(s: &mut BamScratch<T>, n: usize, hp: usize) {
         let nq = QB.min(n - i0);
         let kb0 = i0 / LANES;
         for (kb, kblock) in k.chunks_exact(hp * LANES).enumerate().skip(kb0) {
-            let mut acc = [V::zero(); QB];
-            for (kd, qd) in kblock.chunks_exact(LANES).zip(qblock.chunks_exact(QB)) {
-                let kd = V::load(kd.try_into().expect("LANES keys"));
-                for (a, &qv) in acc.iter_mut().zip(qd) {
-                    *a = V::splat(qv).mul_add(kd, *a);
+            for sub in (0..QB).step_by(QS) {
+                let mut acc = [V::zero(); QS];
+                for (kd, qd) in kblock.chunks_exact(LANES).zip(qblock.chunks_exact(QB)) {
+                    let kd = V::load(kd.try_into().expect("LANES keys"));
+                    for (a, &qv) in acc.iter_mut().zip(&qd[sub..sub + QS]) {
+                        *a = V::splat(qv).mul_add(kd, *a);
+                    }
                 }
-            }
-            for (qi, a) in acc.iter().enumerate() {
-                let at = qi * n_pad + kb * LANES;
-                a.store(
-                    (&mut logits[at..at + LANES])
-                        .try_into()
-                        .expect("LANES logits"),
-                );
+                for (qi, a) in acc.iter().enumerate() {
+                    let at = (sub + qi) * n_pad + kb * LANES;
+                    a.store(
+                        (&mut logits[at..at + LANES])
+                            .try_into()
+                            .expect("LANES logits"),
+                    );
+                }
             }
         }
         let mut inv_sum = [T::ZERO; QB];
@@ -239,16 +247,20 @@ fn attend<T: Real, V: Vector<T>>(s: &mut BamScratch<T>, n: usize, hp: usize) {
                 probs[j * QB + qi] = T::ZERO;
             }
         }
-        for dc in (0..hp).step_by(LANES) {
-            let mut acc = [V::zero(); QB];
+        for (dc, sub) in (0..hp)
+            .step_by(LANES)
+            .flat_map(|dc| (0..nq).step_by(QS).map(move |sub| (dc, sub)))
+        {
+            let mut acc = [V::zero(); QS];
             let rows = v[i0 * hp..n * hp].chunks_exact(hp);
             for (vrow, p) in rows.zip(probs[i0 * QB..n * QB].chunks_exact(QB)) {
                 let vv = V::load(vrow[dc..dc + LANES].try_into().expect("LANES values"));
-                for (a, &pj) in acc.iter_mut().zip(p) {
+                for (a, &pj) in acc.iter_mut().zip(&p[sub..sub + QS]) {
                     *a = V::splat(pj).mul_add(vv, *a);
                 }
             }
-            for (qi, a) in acc.iter().enumerate().take(nq) {
+            for (qi, a) in acc.iter().enumerate().take(nq - sub) {
+                let qi = sub + qi;
                 let at = (i0 + qi) * hp + dc;
                 let out = *a * V::splat(inv_sum[qi]);
                 out.store((&mut o[at..at + LANES]).try_into().expect("LANES outputs"));

@@ -26,6 +26,7 @@ pub use params_file::NammParams;
 pub use parse::{parse_budget, parse_policy, DEFAULT_NAMM_PATH, VALID_POLICIES};
 pub use real::Real;
 pub use select::{binary_select, top_k};
+pub use simd::SIMD_ENV;
 
 /// What the engine hands a policy at one invocation, for one layer (spec §2.3). All slices
 /// are row-major f32/u32 views of the engine's buffers.

@@ -6,6 +6,9 @@ use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 use super::simd::{self, Kernel};
 
+/// Whether `mul_add` compiles to an instruction for the whole crate's target.
+const HARDWARE_FMA: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
+
 pub trait Real:
     Copy
     + Debug
@@ -32,8 +35,9 @@ pub trait Real:
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
     fn is_nan(self) -> bool;
-    /// `self·a + b` with one rounding. A single instruction inside the AVX2/AVX-512 kernels
-    /// (see `simd`); only a CPU without FMA would pay for a software fallback.
+    /// `self·a + b`, fused where the target has FMA; unfused otherwise, because the
+    /// software emulation of a fused multiply-add would be far slower than the kernels it
+    /// serves (the explicit AVX kernels use their own FMA instructions).
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// `exp(x)` for the softmax, where `x ≤ 0`. `f32` uses a vectorisable polynomial
     /// (relative error ~1e-7, the f32 rounding level); `f64` the exact libm value, because the
@@ -79,7 +83,11 @@ impl Real for f64 {
     }
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
+        if HARDWARE_FMA {
+            f64::mul_add(self, a, b)
+        } else {
+            self * a + b
+        }
     }
     #[inline(always)]
     fn exp_nonpositive(self) -> Self {
@@ -118,7 +126,11 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
+        if HARDWARE_FMA {
+            f32::mul_add(self, a, b)
+        } else {
+            self * a + b
+        }
     }
     #[inline(always)]
     fn exp_nonpositive(self) -> Self {

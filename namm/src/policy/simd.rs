@@ -12,10 +12,60 @@ use super::real::Real;
 /// Width of every [`Vector`].
 pub const LANES: usize = 16;
 
+/// Environment variable capping the instruction set: `avx512`, `avx2` or `portable` (e.g.
+/// to compare paths, or to run the AVX2 path on an AVX-512 machine). Read once.
+pub const SIMD_ENV: &str = "NAMM_SIMD";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The best level this CPU supports, capped by [`SIMD_ENV`].
+fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var(SIMD_ENV).as_deref() {
+            Ok("portable") => Level::Portable,
+            Ok("avx2") => Level::Avx2,
+            Ok("avx512") | Err(_) => Level::Avx512,
+            Ok(other) => {
+                tracing::warn!(
+                    "{SIMD_ENV}={other} is not one of avx512, avx2, portable; using the best available"
+                );
+                Level::Avx512
+            }
+        };
+        detected().min(cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> Level {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        Level::Avx512
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        Level::Avx2
+    } else {
+        Level::Portable
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected() -> Level {
+    Level::Portable
+}
+
 /// 16 values of `T` operated on together.
 pub trait Vector<T: Real>:
     Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self>
 {
+    /// Machine registers one vector occupies (AVX2 needs two for 16 f32).
+    const REGISTERS_PER_VECTOR: usize = 1;
     fn zero() -> Self;
     fn splat(v: T) -> Self;
     fn load(src: &[T; LANES]) -> Self;
@@ -125,16 +175,11 @@ pub fn dispatch<T: Real, K: Kernel<T>>(kernel: K) -> K::Output {
 #[inline]
 pub fn dispatch_portable<T: Real, K: Kernel<T>>(kernel: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { x86::run_avx512::<T, Lanes<T>, K>(kernel) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { x86::run_avx2::<T, Lanes<T>, K>(kernel) };
-        }
+    match level() {
+        // SAFETY (both arms): `level` only reports what the CPU supports.
+        Level::Avx512 => return unsafe { x86::run_avx512::<T, Lanes<T>, K>(kernel) },
+        Level::Avx2 => return unsafe { x86::run_avx2::<T, Lanes<T>, K>(kernel) },
+        Level::Portable => {}
     }
     kernel.run::<Lanes<T>>()
 }
@@ -143,12 +188,9 @@ pub fn dispatch_portable<T: Real, K: Kernel<T>>(kernel: K) -> K::Output {
 #[inline]
 pub fn dispatch_f64<K: Kernel<f64>>(kernel: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above; `F64x8x2` is only built
-            // here.
-            return unsafe { x86::run_avx512::<f64, x86::F64x8x2, K>(kernel) };
-        }
+    if level() == Level::Avx512 {
+        // SAFETY: `level` only reports what the CPU supports; `F64x8x2` is only built here.
+        return unsafe { x86::run_avx512::<f64, x86::F64x8x2, K>(kernel) };
     }
     dispatch_portable(kernel)
 }
@@ -157,18 +199,12 @@ pub fn dispatch_f64<K: Kernel<f64>>(kernel: K) -> K::Output {
 #[inline]
 pub fn dispatch_f32<K: Kernel<f32>>(kernel: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above; `F32x16` is only built
-            // here.
-            return unsafe { x86::run_avx512::<f32, x86::F32x16, K>(kernel) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above; `F32x8x2` is only
-            // built here.
-            return unsafe { x86::run_avx2::<f32, x86::F32x8x2, K>(kernel) };
-        }
+    match level() {
+        // SAFETY (both arms): `level` only reports what the CPU supports; the register types
+        // are only built inside these wrappers.
+        Level::Avx512 => return unsafe { x86::run_avx512::<f32, x86::F32x16, K>(kernel) },
+        Level::Avx2 => return unsafe { x86::run_avx2::<f32, x86::F32x8x2, K>(kernel) },
+        Level::Portable => {}
     }
     kernel.run::<Lanes<f32>>()
 }
@@ -313,6 +349,7 @@ mod x86 {
     ));
 
     impl Vector<f64> for F64x8x2 {
+        const REGISTERS_PER_VECTOR: usize = 2;
         #[inline(always)]
         fn zero() -> Self {
             // SAFETY: see the module comment.
@@ -405,6 +442,7 @@ mod x86 {
     }
 
     impl Vector<f32> for F32x8x2 {
+        const REGISTERS_PER_VECTOR: usize = 2;
         #[inline(always)]
         fn zero() -> Self {
             // SAFETY: see the module comment.
