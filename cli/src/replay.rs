@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use namm::policy::replay::{replay_file, Precision};
+use namm::policy::replay::{replay_file, Precision, ReplayOptions};
+use namm::policy::NammParams;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReplayArgs {
@@ -15,6 +16,9 @@ pub struct ReplayArgs {
     /// Compute in f32, as production does, instead of the f64 reference path.
     #[arg(long)]
     pub f32: bool,
+    /// Parameters and frozen statistics (`.safetensors`) replacing the recording's.
+    #[arg(long, value_name = "FILE")]
+    pub params: Option<PathBuf>,
     /// Indent the JSON output.
     #[arg(long)]
     pub pretty: bool,
@@ -29,7 +33,14 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     } else {
         Precision::F64
     };
-    let result = replay_file(&args.file, precision)
+    let params = args
+        .params
+        .as_deref()
+        .map(NammParams::load)
+        .transpose()
+        .context("loading --params")?;
+    let options = ReplayOptions { precision, params };
+    let result = replay_file(&args.file, &options)
         .with_context(|| format!("replaying {}", args.file.display()))?;
     let text = if args.pretty {
         serde_json::to_string_pretty(&result)?

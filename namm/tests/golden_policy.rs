@@ -4,8 +4,9 @@
 
 mod policy_golden;
 
-use namm::policy::features;
-use namm::policy::replay::{flatten, replay, Precision};
+use namm::policy::replay::{flatten, replay, Precision, ReplayOptions};
+use namm::policy::{features, NammParams};
+use namm::stats::NormStats;
 use policy_golden::{check_f32, check_f64, golden, replay_and_compare};
 
 #[test]
@@ -61,6 +62,61 @@ fn replay_reports_an_inconsistent_recording_by_path() {
         .as_array_mut()
         .unwrap()
         .pop();
-    let e = replay(&doc, Precision::F64).unwrap_err().to_string();
+    let e = replay(&doc, &ReplayOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("$.invocations[0].inputs[0].attn"), "{e}");
+}
+
+#[test]
+fn kv_grouping_follows_from_the_kv_head_count() {
+    let mut doc = golden("policy_i1_gqa_f64.json");
+    let common = doc["common"].as_object_mut().unwrap();
+    common.remove("kv_groups");
+    common.insert("n_kv_heads".into(), 2.into());
+    let got = replay(&doc, &ReplayOptions::default()).unwrap();
+    let want = &doc["invocations"][0]["outputs"][0];
+    let out = &got["invocations"][0]["outputs"][0];
+    assert_eq!(out["retained_idxs"], want["retained_idxs"]);
+    let (g, _) = flatten(&out["scores"], "scores").unwrap();
+    let (w, _) = flatten(&want["scores"], "scores").unwrap();
+    assert!(g.iter().zip(&w).all(|(a, b)| (a - b).abs() <= 1e-10));
+}
+
+#[test]
+fn a_parameter_file_replaces_the_recorded_parameters() {
+    let mut doc = golden("policy_i1_gqa_f64.json");
+    let (theta, _) = flatten(&doc["params_random"], "params_random").unwrap();
+    let stats = &doc["norm_stats"];
+    let field = |k: &str| flatten(&stats[k], k).unwrap().0;
+    let file = NammParams {
+        params: theta.iter().map(|&v| v as f32).collect(),
+        stats: NormStats::new(
+            field("output_mean"),
+            field("output_var"),
+            field("output_num")[0],
+        )
+        .unwrap(),
+        metadata: Default::default(),
+    };
+    let want = doc["invocations"][0]["outputs"][0].clone();
+    // Without its own parameters and statistics the recording cannot be replayed ...
+    let top = doc.as_object_mut().unwrap();
+    top.remove("params_random");
+    top.remove("norm_stats");
+    assert!(replay(&doc, &ReplayOptions::default()).is_err());
+    // ... with the file's (θ rounded to f32) it selects the same tokens.
+    let options = ReplayOptions {
+        precision: Precision::F64,
+        params: Some(file),
+    };
+    let got = replay(&doc, &options).unwrap();
+    let out = &got["invocations"][0]["outputs"][0];
+    assert_eq!(out["retained_idxs"], want["retained_idxs"]);
+    let (g, _) = flatten(&out["scores"], "scores").unwrap();
+    let (w, _) = flatten(&want["scores"], "scores").unwrap();
+    assert!(g
+        .iter()
+        .zip(&w)
+        .all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)));
 }

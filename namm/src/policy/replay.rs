@@ -12,7 +12,11 @@
 //!   normalises with the persistent set (`output_mean`, `output_var`, `output_num`) of its
 //!   own `norm_stats`, else the file's `norm_stats`, else the merged set of the last
 //!   accumulating pass before it.
-//! * attention with more heads than KV heads (`common.kv_groups` > 1) is averaged per group.
+//! * attention with more heads than KV heads is averaged per group (`common.kv_groups`, or
+//!   the attention's head count over `common.n_kv_heads`).
+//!
+//! [`ReplayOptions::params`] replaces θ of every pass, and the statistics of every pass that
+//! does not accumulate its own, with those of a parameter file.
 
 use std::io::Read;
 use std::path::Path;
@@ -24,13 +28,15 @@ use super::features::{FEATURE_DIM, N_BINS};
 use super::gqa::gqa_mean;
 use super::layout::PARAM_COUNT;
 use super::namm::{Invocation, NammCore, NormMode};
+use super::params_file::NammParams;
 use super::real::Real;
 use crate::stats::NormStats;
 
 /// Float type of the replayed computation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// The golden-parity path.
+    #[default]
     F64,
     /// The production path (inputs rounded to f32).
     F32,
@@ -61,23 +67,45 @@ pub fn read_json(path: &Path) -> Result<Value, PolicyError> {
     })
 }
 
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub precision: Precision,
+    /// θ and frozen statistics that replace the recording's.
+    pub params: Option<NammParams>,
+}
+
+/// How attention heads map to KV heads.
+#[derive(Debug, Clone, Copy)]
+enum Groups {
+    /// Query heads per KV head.
+    Size(usize),
+    /// KV heads; the group size follows from the attention's head count.
+    KvHeads(usize),
+}
+
 /// Replays the file at `path` (`.json` or gzipped).
-pub fn replay_file(path: &Path, precision: Precision) -> Result<Value, PolicyError> {
-    replay(&read_json(path)?, precision)
+pub fn replay_file(path: &Path, options: &ReplayOptions) -> Result<Value, PolicyError> {
+    replay(&read_json(path)?, options)
 }
 
 /// Replays a parsed golden-schema document.
-pub fn replay(doc: &Value, precision: Precision) -> Result<Value, PolicyError> {
+pub fn replay(doc: &Value, options: &ReplayOptions) -> Result<Value, PolicyError> {
     let top = doc
         .as_object()
         .ok_or_else(|| err("$", "the document is not a JSON object"))?;
-    let groups = match top.get("common").and_then(|c| c.get("kv_groups")) {
-        Some(v) => as_usize(v, "$.common.kv_groups")?,
-        None => 1,
+    let common = top.get("common");
+    let groups = match (
+        common.and_then(|c| c.get("kv_groups")),
+        common.and_then(|c| c.get("n_kv_heads")),
+    ) {
+        (Some(v), _) => Groups::Size(as_usize(v, "$.common.kv_groups")?),
+        (None, Some(v)) => Groups::KvHeads(as_usize(v, "$.common.n_kv_heads")?),
+        (None, None) => Groups::Size(1),
     };
     if top.contains_key("invocations") {
         let mut merged = None;
-        return run_pass(doc, "", top, groups, precision, &mut merged).map(Value::Object);
+        return run_pass(doc, "", top, groups, options, &mut merged).map(Value::Object);
     }
     let mut names: Vec<&String> = top
         .iter()
@@ -91,7 +119,7 @@ pub fn replay(doc: &Value, precision: Precision) -> Result<Value, PolicyError> {
     let mut out = Map::new();
     let mut merged = None;
     for name in names {
-        let pass = run_pass(&top[name], name, top, groups, precision, &mut merged)?;
+        let pass = run_pass(&top[name], name, top, groups, options, &mut merged)?;
         out.insert(name.clone(), Value::Object(pass));
     }
     Ok(Value::Object(out))
@@ -108,8 +136,8 @@ fn run_pass(
     pass: &Value,
     name: &str,
     top: &Map<String, Value>,
-    groups: usize,
-    precision: Precision,
+    groups: Groups,
+    options: &ReplayOptions,
     merged: &mut Option<NormStats>,
 ) -> Result<Map<String, Value>, PolicyError> {
     let at = if name.is_empty() {
@@ -117,10 +145,15 @@ fn run_pass(
     } else {
         format!("$.{name}")
     };
-    let params = pass_params(pass, name, top, &at)?;
+    let params = match &options.params {
+        Some(file) => file.params.iter().map(|&v| v as f64).collect(),
+        None => pass_params(pass, name, top, &at)?,
+    };
     let accumulate = name.contains("running_norm");
     let norm = if accumulate {
         NormMode::accumulate()
+    } else if let Some(file) = &options.params {
+        file.norm_mode()
     } else if let Some(s) = pass.get("norm_stats") {
         NormMode::Frozen(persistent_stats(s, &format!("{at}.norm_stats"))?)
     } else if let Some(s) = top.get("norm_stats") {
@@ -136,7 +169,7 @@ fn run_pass(
     let invocations = pass["invocations"]
         .as_array()
         .ok_or_else(|| err(format!("{at}.invocations"), "not an array"))?;
-    let (outputs, running) = match precision {
+    let (outputs, running) = match options.precision {
         Precision::F64 => replay_invocations::<f64>(&params, norm, invocations, groups, &at)?,
         Precision::F32 => replay_invocations::<f32>(&params, norm, invocations, groups, &at)?,
     };
@@ -225,7 +258,7 @@ fn replay_invocations<T: Real>(
     params: &[f64],
     norm: NormMode,
     invocations: &[Value],
-    groups: usize,
+    groups: Groups,
     at: &str,
 ) -> Result<(Vec<Value>, NormStats), PolicyError> {
     let theta: Vec<T> = params.iter().map(|&v| T::from_f64(v)).collect();
@@ -262,6 +295,19 @@ fn replay_invocations<T: Real>(
                 ));
             }
             let attn: Vec<T> = attn.into_iter().map(T::from_f64).collect();
+            let groups = match groups {
+                Groups::Size(g) => g,
+                Groups::KvHeads(h) if h > 0 && shape[0].is_multiple_of(h) => shape[0] / h,
+                Groups::KvHeads(h) => {
+                    return Err(err(
+                        format!("{at}.attn"),
+                        format!(
+                            "{} attention heads do not group into {h} KV heads",
+                            shape[0]
+                        ),
+                    ))
+                }
+            };
             let attn = gqa_mean(&attn, shape[0], groups)?;
             let heads = shape[0] / groups;
             let n = n_old + n_new;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use namm::policy::replay::{flatten, read_json, replay, Precision};
+use namm::policy::replay::{flatten, read_json, replay, Precision, ReplayOptions};
 use serde_json::Value;
 
 pub fn golden(name: &str) -> Value {
@@ -84,7 +84,11 @@ fn compare_pass(got: &Value, want: &Value, pass: &str, w: &mut Worst) {
 
 pub fn replay_and_compare(file: &str, precision: Precision) -> Worst {
     let doc = golden(file);
-    let out = replay(&doc, precision).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let options = ReplayOptions {
+        precision,
+        params: None,
+    };
+    let out = replay(&doc, &options).unwrap_or_else(|e| panic!("{file}: {e}"));
     let mut worst = Worst::default();
     if doc.get("invocations").is_some() {
         compare_pass(&out, &doc, file, &mut worst);
