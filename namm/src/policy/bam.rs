@@ -78,8 +78,6 @@ pub struct BamScratch<T> {
     v: Vec<T>,
     /// `[QB][n_pad]`: logits, then unnormalised probabilities, of one query block.
     logits: Vec<T>,
-    /// `[n][QB]`: the same probabilities transposed, for the value pass.
-    probs: Vec<T>,
     /// `[n][padded]`: attention outputs.
     o: Vec<T>,
 }
@@ -99,8 +97,6 @@ pub fn bam_scores<T: Real>(
         let n_pad = n.div_ceil(LANES) * LANES;
         scratch.logits.clear();
         scratch.logits.resize(QB * n_pad, T::ZERO);
-        scratch.probs.clear();
-        scratch.probs.resize(n * QB, T::ZERO);
         scratch.o.clear();
         scratch.o.resize(n * w.padded, T::ZERO);
         simd::dispatch(AttendKernel {
@@ -190,7 +186,6 @@ fn attend<T: Real, V: Vector<T>, const QS: usize>(s: &mut BamScratch<T>, n: usiz
     let k: &[T] = &s.k;
     let v: &[T] = &s.v;
     let logits: &mut [T] = &mut s.logits;
-    let probs: &mut [T] = &mut s.probs;
     let o: &mut [T] = &mut s.o;
     for (qb, qblock) in q.chunks_exact(hp * QB).enumerate() {
         let i0 = qb * QB;
@@ -234,29 +229,25 @@ fn attend<T: Real, V: Vector<T>, const QS: usize>(s: &mut BamScratch<T>, n: usiz
                 tail_sum += *c;
             }
             *inv = T::ONE / (sums.reduce_sum() + tail_sum);
-            // Keys older than the query are masked out.
-            for j in i0..i {
-                probs[j * QB + qi] = T::ZERO;
-            }
-            for (j, &p) in row.iter().enumerate().skip(i) {
-                probs[j * QB + qi] = p;
-            }
-        }
-        for qi in nq..QB {
-            for j in i0..n {
-                probs[j * QB + qi] = T::ZERO;
-            }
+            // Keys of the block older than the query are masked out.
+            row[i0..i].fill(T::ZERO);
         }
         for (dc, sub) in (0..hp)
             .step_by(LANES)
             .flat_map(|dc| (0..nq).step_by(QS).map(move |sub| (dc, sub)))
         {
             let mut acc = [V::zero(); QS];
+            // Probabilities of the QS queries from key i0 on (rows past n are never read:
+            // their accumulators are dropped below).
+            let probs: [&[T]; QS] = std::array::from_fn(|qi| {
+                let at = (sub + qi).min(QB - 1) * n_pad;
+                &logits[at + i0..at + n]
+            });
             let rows = v[i0 * hp..n * hp].chunks_exact(hp);
-            for (vrow, p) in rows.zip(probs[i0 * QB..n * QB].chunks_exact(QB)) {
+            for (j, vrow) in rows.enumerate() {
                 let vv = V::load(vrow[dc..dc + LANES].try_into().expect("LANES values"));
-                for (a, &pj) in acc.iter_mut().zip(&p[sub..sub + QS]) {
-                    *a = V::splat(pj).mul_add(vv, *a);
+                for (a, p) in acc.iter_mut().zip(&probs) {
+                    *a = V::splat(p[j]).mul_add(vv, *a);
                 }
             }
             for (qi, a) in acc.iter().enumerate().take(nq - sub) {
