@@ -29,6 +29,13 @@ pub struct BamWeights<T> {
     /// `W_o = 0` and `b_o = 0` (θ = 0, the statistics pass): the attention cannot change
     /// the scores, so it is skipped.
     attention_inert: bool,
+    /// Width of the query·key products: `min(hidden, FEATURE_DIM)`.
+    qk_dim: usize,
+    /// With hidden > FEATURE_DIM, `q_i·k_j = x̃_i·W̃_q·W_kᵀ·x_jᵀ + (a term constant in j)`,
+    /// and the softmax ignores the constant: the logits need only `FEATURE_DIM`-wide
+    /// products of `x̃_i·A` with the raw features. `A` is `[FEATURE_DIM + 1][FEATURE_DIM]`
+    /// (last row from the query bias), pre-scaled by 1/√hidden.
+    folded_qk: Option<Vec<T>>,
 }
 
 impl<T: Real> BamWeights<T> {
@@ -51,9 +58,29 @@ impl<T: Real> BamWeights<T> {
         let w_o = conv(&params[o.w_o..o.w_o + h * out]);
         let b_o = block(o.b_o, out);
         let attention_inert = w_o.iter().chain(&b_o).all(|&v| v == T::ZERO);
+        let folded_qk = (h > FEATURE_DIM).then(|| {
+            let w = |c: usize, col: usize| params[o.w_qkv + c * 3 * h + col].to_f64();
+            let q_bias = |d: usize| o.b_qkv.map_or(0.0, |b| params[b + d].to_f64());
+            let scale = 1.0 / (h as f64).sqrt();
+            let mut a = vec![T::ZERO; (FEATURE_DIM + 1) * FEATURE_DIM];
+            for r in 0..=FEATURE_DIM {
+                for c in 0..FEATURE_DIM {
+                    let dot: f64 = (0..h)
+                        .map(|d| {
+                            let q = if r < FEATURE_DIM { w(r, d) } else { q_bias(d) };
+                            q * w(c, h + d)
+                        })
+                        .sum();
+                    a[r * FEATURE_DIM + c] = T::from_f64(dot * scale);
+                }
+            }
+            a
+        });
         BamWeights {
             hidden: h,
             padded: h.div_ceil(LANES) * LANES,
+            qk_dim: h.min(FEATURE_DIM),
+            folded_qk,
             w_qkv: conv(&params[o.w_qkv..o.w_qkv + FEATURE_DIM * 3 * h]),
             b_qkv: block(o.b_qkv, 3 * h),
             w_o,
@@ -69,10 +96,10 @@ impl<T: Real> BamWeights<T> {
 /// and keys are packed per block so that the kernels read them contiguously.
 #[derive(Debug, Default)]
 pub struct BamScratch<T> {
-    /// `[⌈n/QB⌉][padded][QB]`: queries of each block of QB tokens, pre-scaled by 1/√hidden;
-    /// missing tokens of the last block are zero.
+    /// `[⌈n/QB⌉][qk_dim][QB]`: queries of each block of QB tokens, pre-scaled by
+    /// 1/√hidden; missing tokens of the last block are zero.
     q: Vec<T>,
-    /// `[n_pad/LANES][padded][LANES]`: keys of each block of LANES tokens; padding is zero.
+    /// `[n_pad/LANES][qk_dim][LANES]`: keys of each block of LANES tokens; padding is zero.
     k: Vec<T>,
     /// `[n][padded]`.
     v: Vec<T>,
@@ -102,6 +129,7 @@ pub fn bam_scores<T: Real>(
         simd::dispatch(AttendKernel {
             s: scratch,
             n,
+            dqk: w.qk_dim,
             hp: w.padded,
         });
     }
@@ -129,28 +157,48 @@ pub fn bam_scores<T: Real>(
 }
 
 fn project_qkv<T: Real>(w: &BamWeights<T>, x: &[T], n: usize, s: &mut BamScratch<T>) {
-    let (h, hp) = (w.hidden, w.padded);
+    let (h, hp, dqk) = (w.hidden, w.padded, w.qk_dim);
     let n_pad = n.div_ceil(LANES) * LANES;
     let scale = T::from_f64(1.0 / (h as f64).sqrt());
     s.q.clear();
-    s.q.resize(n.div_ceil(QB) * hp * QB, T::ZERO);
+    s.q.resize(n.div_ceil(QB) * dqk * QB, T::ZERO);
     s.k.clear();
-    s.k.resize(n_pad * hp, T::ZERO);
+    s.k.resize(n_pad * dqk, T::ZERO);
     s.v.clear();
     s.v.resize(n * hp, T::ZERO);
     let mut row = vec![T::ZERO; 3 * h];
-    for j in 0..n {
+    let mut folded = vec![T::ZERO; dqk];
+    for (j, xj) in x.chunks_exact(FEATURE_DIM).enumerate().take(n) {
         row.copy_from_slice(&w.b_qkv);
-        for (c, &xc) in x[j * FEATURE_DIM..(j + 1) * FEATURE_DIM].iter().enumerate() {
+        for (c, &xc) in xj.iter().enumerate() {
             for (r, &wv) in row.iter_mut().zip(&w.w_qkv[c * 3 * h..(c + 1) * 3 * h]) {
                 *r += xc * wv;
             }
         }
         let (qb, qi) = (j / QB, j % QB);
         let (kb, kl) = (j / LANES, j % LANES);
+        match &w.folded_qk {
+            Some(a) => {
+                folded.copy_from_slice(&a[FEATURE_DIM * FEATURE_DIM..]);
+                for (c, &xc) in xj.iter().enumerate() {
+                    let a_row = &a[c * FEATURE_DIM..(c + 1) * FEATURE_DIM];
+                    for (f, &av) in folded.iter_mut().zip(a_row) {
+                        *f += xc * av;
+                    }
+                }
+                for d in 0..dqk {
+                    s.q[(qb * dqk + d) * QB + qi] = folded[d];
+                    s.k[(kb * dqk + d) * LANES + kl] = xj[d];
+                }
+            }
+            None => {
+                for d in 0..dqk {
+                    s.q[(qb * dqk + d) * QB + qi] = row[d] * scale;
+                    s.k[(kb * dqk + d) * LANES + kl] = row[h + d];
+                }
+            }
+        }
         for d in 0..h {
-            s.q[(qb * hp + d) * QB + qi] = row[d] * scale;
-            s.k[(kb * hp + d) * LANES + kl] = row[h + d];
             s.v[j * hp + d] = row[2 * h + d];
         }
     }
@@ -159,6 +207,9 @@ fn project_qkv<T: Real>(w: &BamWeights<T>, x: &[T], n: usize, s: &mut BamScratch
 struct AttendKernel<'a, T> {
     s: &'a mut BamScratch<T>,
     n: usize,
+    /// Width of the query·key products.
+    dqk: usize,
+    /// Padded width of the values.
     hp: usize,
 }
 
@@ -168,9 +219,9 @@ impl<T: Real> simd::Kernel<T> for AttendKernel<'_, T> {
     fn run<V: Vector<T>>(self) {
         // Accumulators for QS queries must fit the register file with room to spare.
         if V::REGISTERS_PER_VECTOR > 1 {
-            attend::<T, V, { QB / 2 }>(self.s, self.n, self.hp)
+            attend::<T, V, { QB / 2 }>(self.s, self.n, self.dqk, self.hp)
         } else {
-            attend::<T, V, QB>(self.s, self.n, self.hp)
+            attend::<T, V, QB>(self.s, self.n, self.dqk, self.hp)
         }
     }
 }
@@ -180,18 +231,23 @@ impl<T: Real> simd::Kernel<T> for AttendKernel<'_, T> {
 /// then the probability-weighted sum of value rows. The products run QS queries at a time
 /// (QS divides QB), as many accumulators as the vector registers hold.
 #[inline(always)]
-fn attend<T: Real, V: Vector<T>, const QS: usize>(s: &mut BamScratch<T>, n: usize, hp: usize) {
+fn attend<T: Real, V: Vector<T>, const QS: usize>(
+    s: &mut BamScratch<T>,
+    n: usize,
+    dqk: usize,
+    hp: usize,
+) {
     let n_pad = n.div_ceil(LANES) * LANES;
     let q: &[T] = &s.q;
     let k: &[T] = &s.k;
     let v: &[T] = &s.v;
     let logits: &mut [T] = &mut s.logits;
     let o: &mut [T] = &mut s.o;
-    for (qb, qblock) in q.chunks_exact(hp * QB).enumerate() {
+    for (qb, qblock) in q.chunks_exact(dqk * QB).enumerate() {
         let i0 = qb * QB;
         let nq = QB.min(n - i0);
         let kb0 = i0 / LANES;
-        for (kb, kblock) in k.chunks_exact(hp * LANES).enumerate().skip(kb0) {
+        for (kb, kblock) in k.chunks_exact(dqk * LANES).enumerate().skip(kb0) {
             for sub in (0..QB).step_by(QS) {
                 let mut acc = [V::zero(); QS];
                 for (kd, qd) in kblock.chunks_exact(LANES).zip(qblock.chunks_exact(QB)) {
