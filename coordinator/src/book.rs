@@ -1,0 +1,198 @@
+//! The lease book: the queue of units waiting for a worker, the units out on lease and the
+//! workers that hold them.
+
+use namm_proto::{UnitKey, WorkerInfo};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+pub struct Lease {
+    pub key: UnitKey,
+    pub worker_id: String,
+    pub deadline: Instant,
+}
+
+pub struct Worker {
+    pub info: WorkerInfo,
+    pub last_seen: Instant,
+}
+
+pub struct LeaseBook {
+    /// Prefix of every id this coordinator hands out, so ids of a previous coordinator
+    /// lifetime can never be mistaken for current ones.
+    boot: String,
+    next_id: u64,
+    pub ttl: Duration,
+    queue: VecDeque<UnitKey>,
+    leases: HashMap<String, Lease>,
+    leased: HashMap<UnitKey, String>,
+    workers: HashMap<String, Worker>,
+}
+
+impl LeaseBook {
+    pub fn new(ttl: Duration) -> LeaseBook {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        LeaseBook {
+            boot: format!("{:x}", boot ^ u64::from(std::process::id())),
+            next_id: 0,
+            ttl,
+            queue: VecDeque::new(),
+            leases: HashMap::new(),
+            leased: HashMap::new(),
+            workers: HashMap::new(),
+        }
+    }
+
+    fn fresh_id(&mut self, kind: &str) -> String {
+        self.next_id += 1;
+        format!("{kind}-{}-{}", self.boot, self.next_id)
+    }
+
+    pub fn register(&mut self, mut info: WorkerInfo) -> String {
+        let id = self.fresh_id("w");
+        info.worker_id = id.clone();
+        self.workers.insert(
+            id.clone(),
+            Worker {
+                info,
+                last_seen: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// Marks a worker alive and pushes its leases' deadlines out. None if it is unknown.
+    pub fn heartbeat(&mut self, worker_id: &str) -> Option<u32> {
+        let now = Instant::now();
+        let worker = self.workers.get_mut(worker_id)?;
+        worker.last_seen = now;
+        let mut active = 0;
+        for lease in self
+            .leases
+            .values_mut()
+            .filter(|l| l.worker_id == worker_id)
+        {
+            lease.deadline = now + self.ttl;
+            active += 1;
+        }
+        Some(active)
+    }
+
+    pub fn knows_worker(&self, worker_id: &str) -> bool {
+        self.workers.contains_key(worker_id)
+    }
+
+    pub fn enqueue(&mut self, units: impl IntoIterator<Item = UnitKey>) {
+        self.queue.extend(units);
+    }
+
+    /// Hands out up to `slots` queued units that `usable` still wants done; returns
+    /// (unit, lease id, deadline).
+    pub fn take(
+        &mut self,
+        worker_id: &str,
+        slots: usize,
+        mut usable: impl FnMut(&UnitKey) -> bool,
+    ) -> Vec<(UnitKey, String, Instant)> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + self.ttl;
+        while out.len() < slots {
+            let Some(key) = self.queue.pop_front() else {
+                break;
+            };
+            if self.leased.contains_key(&key) || !usable(&key) {
+                continue;
+            }
+            let lease_id = self.fresh_id("l");
+            self.leases.insert(
+                lease_id.clone(),
+                Lease {
+                    key,
+                    worker_id: worker_id.to_string(),
+                    deadline,
+                },
+            );
+            self.leased.insert(key, lease_id.clone());
+            out.push((key, lease_id, deadline));
+        }
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.last_seen = Instant::now();
+        }
+        out
+    }
+
+    pub fn lease(&self, lease_id: &str) -> Option<&Lease> {
+        self.leases.get(lease_id)
+    }
+
+    /// Ends a lease whose unit is done (or no longer wanted).
+    pub fn release(&mut self, lease_id: &str) {
+        if let Some(lease) = self.leases.remove(lease_id) {
+            self.leased.remove(&lease.key);
+        }
+    }
+
+    pub fn completed_by(&mut self, worker_id: &str) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.info.units_completed += 1;
+        }
+    }
+
+    /// Returns the units of expired leases to the front of the queue, so they go out again
+    /// before anything else. Returns how many went back.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let expired: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            if let Some(lease) = self.leases.remove(id) {
+                self.leased.remove(&lease.key);
+                tracing::warn!(lease = %id, worker = %lease.worker_id, unit = %crate::run::unit_id(&lease.key), "lease expired; unit goes back to the queue");
+                self.queue.push_front(lease.key);
+            }
+        }
+        expired.len()
+    }
+
+    /// Drops every queued or leased unit of a run (cancelled or finished).
+    pub fn forget_run(&mut self, run_id: u64) {
+        self.queue.retain(|k| k.run_id != run_id);
+        let gone: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.key.run_id == run_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.release(&id);
+        }
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let now = Instant::now();
+        let mut out: Vec<WorkerInfo> = self
+            .workers
+            .values()
+            .map(|w| {
+                let mut info = w.info.clone();
+                let ago = now.duration_since(w.last_seen);
+                info.last_seen_unix_ms =
+                    crate::run::now_unix_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+                info.alive = ago < self.ttl;
+                info.active_leases = self
+                    .leases
+                    .values()
+                    .filter(|l| l.worker_id == info.worker_id)
+                    .count() as u32;
+                info
+            })
+            .collect();
+        out.sort_by(|a, b| a.registered_unix_ms.cmp(&b.registered_unix_ms));
+        out
+    }
+}
