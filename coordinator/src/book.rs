@@ -196,3 +196,76 @@ impl LeaseBook {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(candidate: u32) -> UnitKey {
+        UnitKey {
+            run_id: 1,
+            generation: 0,
+            candidate,
+            shard: 0,
+        }
+    }
+
+    fn book_with_worker(ttl: Duration) -> (LeaseBook, String) {
+        let mut book = LeaseBook::new(ttl);
+        let w = book.register(WorkerInfo::default());
+        (book, w)
+    }
+
+    #[test]
+    fn expired_leases_go_back_to_the_front_of_the_queue() {
+        let (mut book, w) = book_with_worker(Duration::from_secs(1));
+        book.enqueue((0..4).map(key));
+        let first = book.take(&w, 2, |_| true);
+        assert_eq!(
+            first.iter().map(|t| t.0.candidate).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert_eq!(book.expire(Instant::now()), 0);
+        assert_eq!(book.expire(Instant::now() + Duration::from_secs(2)), 2);
+        assert!(
+            book.lease(&first[0].1).is_none(),
+            "expired lease still active"
+        );
+        let again: Vec<u32> = book
+            .take(&w, 4, |_| true)
+            .iter()
+            .map(|t| t.0.candidate)
+            .collect();
+        assert_eq!(again.len(), 4);
+        assert_eq!(&again[2..], [2, 3]);
+        assert!(again[..2].contains(&0) && again[..2].contains(&1));
+    }
+
+    #[test]
+    fn heartbeats_extend_leases_and_unknown_workers_are_refused() {
+        let (mut book, w) = book_with_worker(Duration::from_millis(300));
+        book.enqueue([key(0)]);
+        let taken = book.take(&w, 1, |_| true);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(book.heartbeat(&w), Some(1));
+        // Past the original deadline but within the extended one.
+        assert_eq!(book.expire(Instant::now() + Duration::from_millis(150)), 0);
+        assert!(book.lease(&taken[0].1).is_some());
+        assert_eq!(book.heartbeat("w-unknown"), None);
+    }
+
+    #[test]
+    fn a_unit_is_never_leased_twice_and_unwanted_units_are_dropped() {
+        let (mut book, w) = book_with_worker(Duration::from_secs(10));
+        book.enqueue([key(0), key(0), key(1), key(2)]);
+        let taken: Vec<u32> = book
+            .take(&w, 10, |k| k.candidate != 2)
+            .iter()
+            .map(|t| t.0.candidate)
+            .collect();
+        assert_eq!(taken, [0, 1]);
+        assert!(book.take(&w, 10, |_| true).is_empty());
+        book.forget_run(1);
+        assert_eq!(book.workers()[0].active_leases, 0);
+    }
+}

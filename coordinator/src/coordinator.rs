@@ -24,6 +24,8 @@ pub struct Coordinator {
     events: broadcast::Sender<WatchEvent>,
     /// How many runs are in flight, for `--exit-when-done`.
     active: watch::Sender<usize>,
+    /// Set when the server shuts down, so long-polling leases answer at once.
+    closing: watch::Sender<bool>,
 }
 
 struct Inner {
@@ -68,6 +70,7 @@ impl Coordinator {
             work: Notify::new(),
             events,
             active,
+            closing: watch::channel(false).0,
         });
         for t in told {
             coord.publish(t);
@@ -79,6 +82,11 @@ impl Coordinator {
         // A panic inside the lock already aborted that request; the data stays consistent
         // because every mutation is written to the store before the in-memory state moves on.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops handing out work: pending and future lease calls answer with no units.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     pub fn lease_ttl(&self) -> Duration {
@@ -174,7 +182,11 @@ impl Coordinator {
     ) -> Result<Vec<WorkUnit>, CoordError> {
         let slots = slots.clamp(1, 1024) as usize;
         let give_up = tokio::time::Instant::now() + wait;
+        let mut closing = self.closing.subscribe();
         loop {
+            if *closing.borrow() {
+                return Ok(Vec::new());
+            }
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -185,6 +197,7 @@ impl Coordinator {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(give_up) => return Ok(Vec::new()),
+                _ = closing.changed() => {}
             }
         }
     }

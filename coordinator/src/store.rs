@@ -262,3 +262,69 @@ fn tx_result<T>(r: std::result::Result<T, TransactionError<()>>) -> Result<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_run_generation_candidate_shard() {
+        let k = |run, generation, candidate, shard| {
+            eval_key(&UnitKey {
+                run_id: run,
+                generation,
+                candidate,
+                shard,
+            })
+        };
+        let ordered = [
+            k(1, 0, 0, 0),
+            k(1, 0, 0, 1),
+            k(1, 0, 1, 0),
+            k(1, 1, 0, 0),
+            k(1, 256, 0, 0),
+            k(2, 0, 0, 0),
+        ];
+        assert!(ordered.windows(2).all(|w| w[0] < w[1]));
+        assert!(gen_key(1, 255) < gen_key(1, 256));
+        assert!(run_key(255) < run_key(256));
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunRecord {
+            name: "r".into(),
+            ..Default::default()
+        };
+        let state = StrategyState {
+            sigma: 0.25,
+            ..Default::default()
+        };
+        let first = GenerationRecord {
+            population: vec![namm_proto::Vector {
+                values: vec![1.0, f64::NAN],
+            }],
+            ..Default::default()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                store
+                    .create_run(run.clone(), &state, first.clone())
+                    .unwrap()
+                    .run_id,
+                1
+            );
+            assert_eq!(store.create_run(run, &state, first).unwrap().run_id, 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_runs().unwrap().len(), 2);
+        assert_eq!(store.get_state(2).unwrap().unwrap().sigma, 0.25);
+        let g = store.get_generation(2, 0).unwrap().unwrap();
+        assert_eq!(g.run_id, 2);
+        assert_eq!(g.population[0].values[0], 1.0);
+        assert!(g.population[0].values[1].is_nan());
+        assert!(store.get_run(3).unwrap().is_none());
+    }
+}
