@@ -378,3 +378,120 @@ pub fn unit_id(key: &UnitKey) -> String {
         key.run_id, key.generation, key.candidate, key.shard
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec::from_toml("seed = 5\n[objective]\nkind = \"sphere\"\ndim = 4\n").unwrap()
+    }
+
+    /// Answers every missing unit of the generation in flight with the benchmark's fitness.
+    fn evaluate_generation(run: &mut ActiveRun, store: &Store) -> Option<Told> {
+        for key in run.missing_units() {
+            let score = run.spec.objective.kind.fitness(&run.params(&key));
+            let eval = EvalRecord {
+                key: Some(key),
+                items: vec![ItemResult {
+                    item_id: run.item_ids(&key)[0].clone(),
+                    score,
+                    extra: Default::default(),
+                }],
+                ..Default::default()
+            };
+            store.put_eval(&eval).unwrap();
+            if run.record_result(eval) {
+                return Some(run.finish_generation(store).unwrap());
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn resume_redraws_the_same_generation_and_keeps_its_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut run = ActiveRun::create(&store, spec()).unwrap();
+        for _ in 0..3 {
+            evaluate_generation(&mut run, &store).unwrap();
+        }
+        // Half of generation 3 arrives, then the coordinator "dies".
+        let half: Vec<UnitKey> = run.missing_units().into_iter().take(3).collect();
+        for key in &half {
+            let eval = EvalRecord {
+                key: Some(*key),
+                items: vec![ItemResult {
+                    item_id: "sphere".into(),
+                    score: -1.0,
+                    extra: Default::default(),
+                }],
+                ..Default::default()
+            };
+            store.put_eval(&eval).unwrap();
+            run.record_result(eval);
+        }
+        let record = store.get_run(run.id()).unwrap().unwrap();
+        let resumed = ActiveRun::resume(&store, record).unwrap();
+        assert_eq!(resumed.generation(), 3);
+        assert_eq!(resumed.gen.population, run.gen.population);
+        assert_eq!(resumed.missing_units(), run.missing_units());
+        assert_eq!(
+            resumed.missing_units().len(),
+            run.population_size() as usize - 3
+        );
+    }
+
+    #[test]
+    fn resume_refuses_a_population_it_cannot_redraw() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut run = ActiveRun::create(&store, spec()).unwrap();
+        evaluate_generation(&mut run, &store).unwrap();
+        let mut record = store.get_run(run.id()).unwrap().unwrap();
+        let mut gen = store.get_generation(run.id(), 1).unwrap().unwrap();
+        gen.population[0].values[0] += 1e-12;
+        let state = store.get_state(run.id()).unwrap().unwrap();
+        store
+            .commit_generation(GenerationCommit {
+                run: &record,
+                finished: &store.get_generation(run.id(), 0).unwrap().unwrap(),
+                state: &state,
+                next: Some(&gen),
+            })
+            .unwrap();
+        record = store.get_run(run.id()).unwrap().unwrap();
+        let err = ActiveRun::resume(&store, record)
+            .err()
+            .expect("resume must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("generation 1") && msg.contains("differs"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_run_stops_at_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = RunSpec::from_toml(
+            "[objective]\nkind = \"sphere\"\ndim = 2\n[stop]\ntarget_fitness = -1e-3\n",
+        )
+        .unwrap();
+        let mut run = ActiveRun::create(&store, spec).unwrap();
+        let mut last = None;
+        while run.is_running() {
+            last = evaluate_generation(&mut run, &store);
+        }
+        let told = last.unwrap();
+        assert_eq!(told.run.status, RunStatus::Finished as i32);
+        assert!(told.run.best_fitness >= -1e-3);
+        assert!(told.run.stop_reason.contains("target_fitness"));
+        let history = store.generations(run.id()).unwrap();
+        assert_eq!(history.len() as u32, told.run.generations_done);
+        assert!(history
+            .iter()
+            .all(|g| g.complete && g.population.is_empty()));
+    }
+}
