@@ -41,7 +41,7 @@ pub async fn show(
     let mut candidates = Vec::new();
     for e in &resp.evals {
         let key = e.key.unwrap_or_default();
-        let fitness = g.fitness.get(key.candidate as usize).copied();
+        let fitness = Some(e.fitness);
         let scores: Vec<String> = e.items.iter().map(|i| v(i.score)).collect();
         t.row(vec![
             key.candidate.to_string(),

@@ -326,6 +326,7 @@ impl Coordinator {
             worker_name,
             eval_seconds: req.eval_seconds,
             received_unix_ms: now_unix_ms(),
+            fitness: req.fitness,
         };
         self.store.put_eval(&eval)?;
         inner.book.release(&req.lease_id);

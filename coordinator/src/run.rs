@@ -26,8 +26,8 @@ pub struct ActiveRun {
     cmaes: Cmaes,
     /// The generation in flight.
     pub gen: GenerationRecord,
-    /// Per (candidate, shard), row-major: the reported items.
-    results: Vec<Option<Vec<ItemResult>>>,
+    /// Per (candidate, shard), row-major: the reported shard fitness.
+    results: Vec<Option<f64>>,
     pub shards: u32,
     gen_started: Instant,
     /// `record.wall_seconds` when this coordinator took the run over, and when.
@@ -105,7 +105,7 @@ impl ActiveRun {
         for eval in store.evals(id, g)? {
             let key = eval.key.unwrap_or_default();
             if let Some(i) = run.slot(&key) {
-                run.results[i] = Some(eval.items);
+                run.results[i] = Some(eval.fitness);
             }
         }
         Ok(run)
@@ -222,7 +222,7 @@ impl ActiveRun {
     pub fn record_result(&mut self, eval: EvalRecord) -> bool {
         let key = eval.key.unwrap_or_default();
         if let Some(i) = self.slot(&key) {
-            self.results[i] = Some(eval.items);
+            self.results[i] = Some(eval.fitness);
         }
         self.is_complete()
     }
@@ -231,24 +231,17 @@ impl ActiveRun {
         self.results.iter().all(Option::is_some)
     }
 
-    /// Fitness of each candidate: the mean item score over all its shards. NaN or infinite
-    /// scores pass through; the strategy ranks them last.
+    /// Fitness of each candidate: the mean of its shards' reported fitness. NaN or infinite
+    /// values pass through; the strategy ranks them last.
     fn fitness(&self) -> Vec<f64> {
+        let shards = self.shards as usize;
         (0..self.population_size() as usize)
             .map(|c| {
-                let items: Vec<f64> = (0..self.shards as usize)
-                    .flat_map(|s| {
-                        self.results[c * self.shards as usize + s]
-                            .iter()
-                            .flatten()
-                            .map(|i| i.score)
-                    })
-                    .collect();
-                if items.is_empty() {
-                    f64::NAN
-                } else {
-                    items.iter().sum::<f64>() / items.len() as f64
-                }
+                let sum: f64 = self.results[c * shards..(c + 1) * shards]
+                    .iter()
+                    .map(|f| f.unwrap_or(f64::NAN))
+                    .sum();
+                sum / shards as f64
             })
             .collect()
     }
@@ -398,6 +391,7 @@ mod tests {
                     score,
                     extra: Default::default(),
                 }],
+                fitness: score,
                 ..Default::default()
             };
             store.put_eval(&eval).unwrap();
@@ -426,6 +420,7 @@ mod tests {
                     score: -1.0,
                     extra: Default::default(),
                 }],
+                fitness: -1.0,
                 ..Default::default()
             };
             store.put_eval(&eval).unwrap();

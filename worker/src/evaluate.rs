@@ -37,6 +37,14 @@ pub fn evaluate(unit: &WorkUnit) -> Vec<ItemResult> {
         .collect()
 }
 
+/// A shard's fitness: the mean score of its items (NaN for an empty shard: nothing was measured).
+pub fn shard_fitness(items: &[ItemResult]) -> f64 {
+    if items.is_empty() {
+        return f64::NAN;
+    }
+    items.iter().map(|i| i.score).sum::<f64>() / items.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +70,7 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].item_id, "sphere");
         assert_eq!(items[0].score, -5.0);
+        assert_eq!(shard_fitness(&items), -5.0);
     }
 
     #[test]

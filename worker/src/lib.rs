@@ -5,7 +5,7 @@
 
 mod evaluate;
 
-pub use evaluate::evaluate;
+pub use evaluate::{evaluate, shard_fitness};
 
 use namm_proto::worker_service_client::WorkerServiceClient;
 use namm_proto::{HeartbeatRequest, LeaseRequest, RegisterRequest, ReportRequest, WorkUnit};
@@ -209,6 +209,7 @@ async fn evaluate_and_report(
         }
     };
     let eval_seconds = started.elapsed().as_secs_f64();
+    let fitness = shard_fitness(&items);
     let r = client
         .report(ReportRequest {
             worker_id,
@@ -216,6 +217,7 @@ async fn evaluate_and_report(
             key,
             items,
             eval_seconds,
+            fitness,
         })
         .await;
     match r {
