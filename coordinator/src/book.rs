@@ -9,6 +9,9 @@ pub struct Lease {
     pub key: UnitKey,
     pub worker_id: String,
     pub deadline: Instant,
+    /// Heartbeats never push `deadline` past this: a worker that heartbeats but never
+    /// finishes (a hung evaluation) loses the unit eventually.
+    pub hard_deadline: Instant,
 }
 
 pub struct Worker {
@@ -22,6 +25,7 @@ pub struct LeaseBook {
     boot: String,
     next_id: u64,
     pub ttl: Duration,
+    max_lease: Duration,
     queue: VecDeque<UnitKey>,
     leases: HashMap<String, Lease>,
     leased: HashMap<UnitKey, String>,
@@ -29,7 +33,7 @@ pub struct LeaseBook {
 }
 
 impl LeaseBook {
-    pub fn new(ttl: Duration) -> LeaseBook {
+    pub fn new(ttl: Duration, max_lease: Duration) -> LeaseBook {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -38,6 +42,7 @@ impl LeaseBook {
             boot: format!("{:x}", boot ^ u64::from(std::process::id())),
             next_id: 0,
             ttl,
+            max_lease,
             queue: VecDeque::new(),
             leases: HashMap::new(),
             leased: HashMap::new(),
@@ -74,7 +79,7 @@ impl LeaseBook {
             .values_mut()
             .filter(|l| l.worker_id == worker_id)
         {
-            lease.deadline = now + self.ttl;
+            lease.deadline = (now + self.ttl).min(lease.hard_deadline);
             active += 1;
         }
         Some(active)
@@ -97,7 +102,9 @@ impl LeaseBook {
         mut usable: impl FnMut(&UnitKey) -> bool,
     ) -> Vec<(UnitKey, String, Instant)> {
         let mut out = Vec::new();
-        let deadline = Instant::now() + self.ttl;
+        let now = Instant::now();
+        let deadline = now + self.ttl;
+        let hard_deadline = now + self.max_lease.max(self.ttl);
         while out.len() < slots {
             let Some(key) = self.queue.pop_front() else {
                 break;
@@ -112,6 +119,7 @@ impl LeaseBook {
                     key,
                     worker_id: worker_id.to_string(),
                     deadline,
+                    hard_deadline,
                 },
             );
             self.leased.insert(key, lease_id.clone());
@@ -211,7 +219,7 @@ mod tests {
     }
 
     fn book_with_worker(ttl: Duration) -> (LeaseBook, String) {
-        let mut book = LeaseBook::new(ttl);
+        let mut book = LeaseBook::new(ttl, Duration::from_secs(3600));
         let w = book.register(WorkerInfo::default());
         (book, w)
     }
@@ -252,6 +260,17 @@ mod tests {
         assert_eq!(book.expire(Instant::now() + Duration::from_millis(150)), 0);
         assert!(book.lease(&taken[0].1).is_some());
         assert_eq!(book.heartbeat("w-unknown"), None);
+    }
+
+    #[test]
+    fn heartbeats_do_not_extend_a_lease_past_its_hard_deadline() {
+        let mut book = LeaseBook::new(Duration::from_millis(100), Duration::from_millis(150));
+        let w = book.register(WorkerInfo::default());
+        book.enqueue([key(0)]);
+        book.take(&w, 1, |_| true);
+        std::thread::sleep(Duration::from_millis(80));
+        book.heartbeat(&w);
+        assert_eq!(book.expire(Instant::now() + Duration::from_millis(90)), 1);
     }
 
     #[test]

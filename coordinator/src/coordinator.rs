@@ -35,10 +35,14 @@ struct Inner {
 
 impl Coordinator {
     /// Opens the coordinator on a database and resumes every unfinished run in it.
-    pub fn open(store: Store, lease_ttl: Duration) -> Result<Arc<Coordinator>, CoordError> {
+    pub fn open(
+        store: Store,
+        lease_ttl: Duration,
+        max_lease: Duration,
+    ) -> Result<Arc<Coordinator>, CoordError> {
         let mut inner = Inner {
             runs: BTreeMap::new(),
-            book: LeaseBook::new(lease_ttl),
+            book: LeaseBook::new(lease_ttl, max_lease),
         };
         let mut told = Vec::new();
         for record in store.list_runs()? {

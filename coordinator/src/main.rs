@@ -37,6 +37,9 @@ enum Command {
         /// A lease not renewed by a heartbeat for this long goes back to the queue.
         #[arg(long, default_value_t = 10_000, value_name = "MS")]
         lease_ttl_ms: u64,
+        /// Longest a unit stays with one worker, heartbeats or not.
+        #[arg(long, default_value_t = 3_600_000, value_name = "MS")]
+        max_lease_ms: u64,
         /// Exit once no run is in flight (for scripts and tests).
         #[arg(long)]
         exit_when_done: bool,
@@ -58,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             runs,
             local_workers,
             lease_ttl_ms,
+            max_lease_ms,
             exit_when_done,
         } => {
             if lease_ttl_ms < 100 {
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
                 runs,
                 local_workers,
                 lease_ttl: Duration::from_millis(lease_ttl_ms),
+                max_lease: Duration::from_millis(max_lease_ms),
                 exit_when_done,
             })
             .await

@@ -22,12 +22,13 @@ pub struct ServeOptions {
     pub runs: Vec<PathBuf>,
     pub local_workers: u32,
     pub lease_ttl: Duration,
+    pub max_lease: Duration,
     pub exit_when_done: bool,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let store = Store::open(&opts.db)?;
-    let coord = Coordinator::open(store, opts.lease_ttl)
+    let coord = Coordinator::open(store, opts.lease_ttl, opts.max_lease)
         .with_context(|| format!("resuming the runs in {}", opts.db.display()))?;
     for path in &opts.runs {
         submit_file(&coord, path)?;

@@ -82,7 +82,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
     loop {
         let end = tokio::select! {
             _ = &mut shutdown => SessionEnd::Shutdown,
-            end = session(&cfg, client.clone()) => end,
+            end = session(&cfg, client.clone(), &mut backoff) => end,
         };
         match end {
             SessionEnd::Shutdown => return,
@@ -102,7 +102,11 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
     }
 }
 
-async fn session(cfg: &WorkerConfig, mut client: WorkerServiceClient<Channel>) -> SessionEnd {
+async fn session(
+    cfg: &WorkerConfig,
+    mut client: WorkerServiceClient<Channel>,
+    backoff: &mut Duration,
+) -> SessionEnd {
     let reg = match client
         .register(RegisterRequest {
             name: cfg.name.clone(),
@@ -121,6 +125,7 @@ async fn session(cfg: &WorkerConfig, mut client: WorkerServiceClient<Channel>) -
         Err(s) => return SessionEnd::Unreachable(s),
     };
     let worker_id = reg.worker_id;
+    *backoff = BACKOFF_START;
     tracing::info!(worker = %worker_id, name = %cfg.name, "registered with the coordinator");
 
     let forgotten = Arc::new(AtomicBool::new(false));

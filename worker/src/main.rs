@@ -44,9 +44,22 @@ async fn main() -> anyhow::Result<()> {
         eval_delay: Duration::from_millis(cli.eval_delay_ms),
     };
     namm_worker::run(cfg, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("interrupted; stopping");
+        stop_signal().await;
+        tracing::info!("stopping; units in hand go back to the queue when their leases expire");
     })
     .await;
     Ok(())
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
