@@ -200,7 +200,7 @@ impl LeaseBook {
                 info
             })
             .collect();
-        out.sort_by(|a, b| a.registered_unix_ms.cmp(&b.registered_unix_ms));
+        out.sort_by_key(|w| w.registered_unix_ms);
         out
     }
 }
