@@ -25,7 +25,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "namm", version, about = "Query and drive a namm cluster")]
 struct Cli {
-    /// Coordinator to talk to.
+    /// Coordinator to talk to [default: 127.0.0.1:50051].
     #[arg(
         long,
         global = true,
@@ -54,17 +54,31 @@ enum Command {
     /// List runs.
     Runs,
     /// Finished generations of a run.
-    History { run: u64 },
+    History {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+    },
     /// One generation: every candidate's fitness and evaluations.
-    Show { run: u64, generation: u32 },
+    Show {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+        generation: u32,
+    },
     /// The best parameters found so far, and the current mean.
-    Best { run: u64 },
+    Best {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+    },
     /// Workers the coordinator knows.
     Workers,
     /// Stop a running run.
-    Cancel { run: u64 },
+    Cancel {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+    },
     /// Follow a run generation by generation until it ends.
     Watch {
+        /// Run id, as `namm runs` lists it.
         run: u64,
         /// Replay finished generations from this one first.
         #[arg(long, value_name = "GEN")]
