@@ -44,9 +44,13 @@ pub enum EigenMode {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmaesConfig {
+    /// n, the number of parameters.
     pub dim: usize,
+    /// λ, candidates per generation (see [`Cmaes::default_population`]).
     pub population: usize,
+    /// Initial step size σ₀ (the reference uses 0.065).
     pub sigma0: f64,
+    /// Initial mean m₀, `dim` values.
     pub x0: Vec<f64>,
     pub eigen: EigenMode,
 }
