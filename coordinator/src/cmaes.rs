@@ -44,9 +44,13 @@ pub enum EigenMode {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmaesConfig {
+    /// n, the number of parameters.
     pub dim: usize,
+    /// λ, candidates per generation (see [`Cmaes::default_population`]).
     pub population: usize,
+    /// Initial step size σ₀ (the reference uses 0.065).
     pub sigma0: f64,
+    /// Initial mean m₀, `dim` values.
     pub x0: Vec<f64>,
     pub eigen: EigenMode,
 }
@@ -351,7 +355,21 @@ impl Cmaes {
                 c[j * n + i] = v;
             }
         }
-        match symmetric_eigen(&c, n) {
+        let eigen = symmetric_eigen(&c, n)
+            .map_err(|err| format!("{err:?}"))
+            .and_then(|e| {
+                let finite = e
+                    .eigenvalues
+                    .iter()
+                    .chain(&e.eigenvectors)
+                    .all(|v| v.is_finite());
+                if finite {
+                    Ok(e)
+                } else {
+                    Err("non-finite eigenpairs (C holds NaN or inf)".to_string())
+                }
+            });
+        match eigen {
             Ok(e) => Decomposition {
                 at: self.generation,
                 b: e.eigenvectors,
@@ -360,12 +378,13 @@ impl Cmaes {
                     .map(|&d2| if d2 <= 0.0 { 1e-20 } else { d2 }.sqrt())
                     .collect(),
             },
-            Err(err) => {
-                // Keep sampling with the last good model (pycma does the same in spirit);
-                // only a run that fails on its very first decomposition falls back to C = I.
+            Err(reason) => {
+                // Keep sampling with the last good model rather than spreading NaN into
+                // every candidate; a run that fails on its first decomposition samples
+                // isotropically (B = I, D = 1).
                 tracing::warn!(
                     generation = self.generation,
-                    ?err,
+                    %reason,
                     "covariance eigendecomposition failed; reusing the previous one"
                 );
                 self.decomposition.clone().unwrap_or_else(|| {

@@ -17,7 +17,11 @@ pub struct SymmetricEigen {
 }
 
 /// Decomposes the symmetric row-major n×n matrix `a`; only its lower triangle is read.
-/// Fails only when the QR iteration does not converge (e.g. non-finite entries).
+/// Fails only when the iteration does not converge; non-finite input may instead come back
+/// as non-finite eigenpairs, which the caller must check.
+///
+/// # Panics
+/// If `a` does not hold n·n values.
 pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<SymmetricEigen, evd::EvdError> {
     assert_eq!(a.len(), n * n, "symmetric_eigen: a must hold n*n values");
     let par = Par::Seq;

@@ -72,11 +72,14 @@ impl StrategyParams {
         let d_sigma = 1.0 + 2.0 * (((mu_eff - 1.0) / (n + 1.0)).sqrt() - 1.0).max(0.0) + c_sigma;
         let c_c = (4.0 + mu_eff / n) / (n + 4.0 + 2.0 * mu_eff / n);
         let chi_n = n.sqrt() * (1.0 - 1.0 / (4.0 * n) + 1.0 / (21.0 * n_c * n_c));
-        // pycma's default gap between O(n³) decompositions, counted in tells
-        // (cma/evolution_strategy.py, CMAEvolutionStrategy._set_x0/__init__:
+        // pycma's default gap between O(n³) decompositions, counted in tells: CMA-ES/pycma
+        // cma/evolution_strategy.py (CMAEvolutionStrategy.__init__ creating the sampler)
         // `GaussFullSampler(..., lazy_update_gap=1. / (self.sp.c1 + self.sp.cmu + 1e-23) / self.N / 10)`,
-        // applied in cma/sampler.py GaussFullSampler.update_now: skip while
-        // `count_tell < last_update + lazy_update_gap`).
+        // applied in cma/sampler.py GaussFullSampler.update_now, which skips while
+        // `count_tell < last_update + lazy_update_gap`. pycma's teaching version
+        // cma/purecma.py uses a 5x longer gap (`lazy_gap_evals = 0.5 * N * lam * (c1 + cmu)**-1
+        // / N**2` evaluations, i.e. 0.5/(c1+cmu)/N generations); the production rule is the
+        // one `cma.fmin` runs, so the comparison against pycma is like for like.
         let lazy_gap = 1.0 / (c_1 + c_mu + 1e-23) / n / 10.0;
 
         Self {

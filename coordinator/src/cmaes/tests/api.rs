@@ -6,6 +6,9 @@ use rand_chacha::ChaCha8Rng;
 use super::{config, new_es};
 use crate::cmaes::{rank_descending, symmetric_eigen, Cmaes, CmaesError, EigenMode};
 
+/// A named corruption applied to a copy of a good value.
+type Mutation<T> = Box<dyn Fn(&mut T)>;
+
 fn config_error(err: CmaesError) -> (&'static str, String) {
     match err {
         CmaesError::Config { field, value, .. } => (field, value),
@@ -16,7 +19,7 @@ fn config_error(err: CmaesError) -> (&'static str, String) {
 #[test]
 fn new_rejects_each_bad_field_by_name_and_value() {
     let good = config(3, 6, 0.5, 0.0, EigenMode::Exact);
-    let cases: Vec<(Box<dyn Fn(&mut super::CmaesConfig)>, &str, &str)> = vec![
+    let cases: Vec<(Mutation<super::CmaesConfig>, &str, &str)> = vec![
         (Box::new(|c| c.dim = 0), "dim", "0"),
         (Box::new(|c| c.population = 1), "population", "1"),
         (Box::new(|c| c.sigma0 = -0.1), "sigma0", "-0.1"),
@@ -102,7 +105,7 @@ fn non_finite_fitness_never_becomes_the_best() {
 fn from_state_rejects_corrupt_state_by_field() {
     let cfg = config(3, 4, 0.3, 0.0, EigenMode::Lazy);
     let good = new_es(&cfg).state();
-    let cases: Vec<(Box<dyn Fn(&mut crate::cmaes::CmaesState)>, &str)> = vec![
+    let cases: Vec<(Mutation<crate::cmaes::CmaesState>, &str)> = vec![
         (
             Box::new(|s| {
                 s.c.pop();
@@ -259,4 +262,30 @@ fn lazy_mode_reuses_the_decomposition_for_the_pycma_gap() {
     exact.ask(&mut rng);
     assert_eq!(exact.state().decomposed_at, None);
     assert!(exact.state().b.is_empty());
+}
+
+#[test]
+fn failed_decomposition_keeps_sampling_with_the_previous_one() {
+    let n = 6;
+    let mut es = new_es(&config(n, 6, 0.3, 0.0, EigenMode::Exact));
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let pop = es.ask(&mut rng);
+    es.tell(&pop.iter().map(|x| -x[0].abs()).collect::<Vec<_>>())
+        .expect("tell");
+    let previous = es.decomposition.clone().expect("decomposed");
+    es.c[n + 2] = f64::NAN;
+    let pop = es.ask(&mut rng);
+    assert_eq!(es.decomposition.as_ref(), Some(&previous));
+    assert!(pop.iter().flatten().all(|v| v.is_finite()));
+}
+
+#[test]
+fn failed_first_decomposition_samples_isotropically() {
+    let n = 3;
+    let mut es = new_es(&config(n, 4, 0.3, 0.0, EigenMode::Lazy));
+    es.c[0] = f64::NAN;
+    let z: Vec<f64> = (0..4 * n).map(|i| i as f64 / 10.0).collect();
+    let pop = es.ask_with_normals(&z);
+    let expected: Vec<f64> = z.iter().map(|v| 0.3 * v).collect();
+    assert_eq!(pop.concat(), expected);
 }
