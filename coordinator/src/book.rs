@@ -157,6 +157,11 @@ impl LeaseBook {
             .filter(|(_, l)| l.deadline <= now)
             .map(|(id, _)| id.clone())
             .collect();
+        // Workers silent for long are dropped from the listing; a live one that was dropped
+        // gets NotFound on its next call and registers again.
+        let forget_after = (self.ttl * 10).max(Duration::from_secs(60));
+        self.workers
+            .retain(|_, w| now.saturating_duration_since(w.last_seen) < forget_after);
         for id in &expired {
             if let Some(lease) = self.leases.remove(id) {
                 self.leased.remove(&lease.key);
@@ -260,6 +265,10 @@ mod tests {
         assert_eq!(book.expire(Instant::now() + Duration::from_millis(150)), 0);
         assert!(book.lease(&taken[0].1).is_some());
         assert_eq!(book.heartbeat("w-unknown"), None);
+        // Long silence: the lease goes back and the worker is forgotten.
+        assert_eq!(book.expire(Instant::now() + Duration::from_secs(61)), 1);
+        assert!(book.workers().is_empty());
+        assert_eq!(book.heartbeat(&w), None);
     }
 
     #[test]
