@@ -1,1 +1,112 @@
-fn main() {}
+//! `namm`: the user's tool. One file per command group; `main` only parses and dispatches.
+
+/// Like print!/println!, but a closed stdout (`namm history 1 | head`) ends the program quietly
+/// instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::output::emit(&format!($($t)*)) };
+}
+macro_rules! outln {
+    () => { $crate::output::emit("\n") };
+    ($($t:tt)*) => { $crate::output::emit(&format!("{}\n", format!($($t)*))) };
+}
+
+mod history;
+mod output;
+mod runs;
+mod source;
+mod watch;
+mod workers;
+
+use clap::{Parser, Subcommand};
+use output::Format;
+use source::Source;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "namm", version, about = "Query and drive a namm cluster")]
+struct Cli {
+    /// Coordinator to talk to [default: 127.0.0.1:50051].
+    #[arg(
+        long,
+        global = true,
+        env = "NAMM_COORDINATOR",
+        value_name = "HOST:PORT",
+        conflicts_with = "db"
+    )]
+    coordinator: Option<String>,
+    /// Read a stopped coordinator's database instead (read-only: the CLI opens a copy).
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long, global = true, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV for scripts.
+    #[arg(long, global = true)]
+    csv: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a run spec (TOML) to the coordinator.
+    Submit { file: PathBuf },
+    /// List runs.
+    Runs,
+    /// Finished generations of a run.
+    History {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+    },
+    /// One generation: every candidate's fitness and evaluations.
+    Show {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+        generation: u32,
+    },
+    /// The best parameters found so far, and the current mean.
+    Best {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+    },
+    /// Workers the coordinator knows.
+    Workers,
+    /// Stop a running run.
+    Cancel {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+    },
+    /// Follow a run generation by generation until it ends.
+    Watch {
+        /// Run id, as `namm runs` lists it.
+        run: u64,
+        /// Replay finished generations from this one first.
+        #[arg(long, value_name = "GEN")]
+        from: Option<u32>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let format = Format::from_flags(cli.json, cli.csv);
+    let mut source = Source::open(cli.coordinator.as_deref(), cli.db.as_deref()).await?;
+    match cli.command {
+        Command::Submit { file } => runs::submit(&mut source, &file, format).await,
+        Command::Runs => runs::list(&mut source, format).await,
+        Command::Cancel { run } => runs::cancel(&mut source, run, format).await,
+        Command::History { run } => history::history(&mut source, run, format).await,
+        Command::Show { run, generation } => {
+            history::show(&mut source, run, generation, format).await
+        }
+        Command::Best { run } => history::best(&mut source, run, format).await,
+        Command::Workers => workers::list(&mut source, format).await,
+        Command::Watch { run, from } => watch::watch(&mut source, run, from, format).await,
+    }
+}

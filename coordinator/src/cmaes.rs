@@ -1,1 +1,521 @@
-//! (empty: filled by its issue)
+//! CMA-ES exactly as NAMM.md §9 specifies it (`memory_evolution/cma_es.py:CMA_ES`), in float64.
+//!
+//! Fitness is "higher is better". Decisions where the reference is undefined or unusable:
+//! - non-finite fitness (NaN, ±inf) ranks below every finite value instead of erroring, so
+//!   one broken evaluation cannot stall a generation;
+//! - ties rank by a stable sort (lower population index first) where the reference's sort is
+//!   unstable, so a run is reproducible;
+//! - the reference's constructor draws and discards one population; here the population is
+//!   only drawn by `ask`, whose normals the caller's RNG supplies;
+//! - `best_fitness` starts at `f64::MIN` (the float64 analogue of −float32max) and only a
+//!   finite fitness can become the best.
+//!
+//! [`EigenMode::Exact`] decomposes C at every `ask` (parity with the reference);
+//! [`EigenMode::Lazy`] reuses the last decomposition for pycma's gap of
+//! `1/(c₁+c_μ)/n/10` generations (see [`StrategyParams::lazy_gap`]), which at the NAMM size
+//! (n = 4172, λ = 32) is ~26 generations.
+
+mod eigen;
+mod error;
+mod params;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+pub use eigen::{symmetric_eigen, SymmetricEigen};
+pub use error::CmaesError;
+pub use params::StrategyParams;
+pub use state::CmaesState;
+
+/// When `ask` recomputes the eigendecomposition of C.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EigenMode {
+    /// Every generation, as the reference does.
+    #[default]
+    Exact,
+    /// Only once pycma's lazy gap of generations has passed since the last one.
+    Lazy,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CmaesConfig {
+    /// n, the number of parameters.
+    pub dim: usize,
+    /// λ, candidates per generation (see [`Cmaes::default_population`]).
+    pub population: usize,
+    /// Initial step size σ₀ (the reference uses 0.065).
+    pub sigma0: f64,
+    /// Initial mean m₀, `dim` values.
+    pub x0: Vec<f64>,
+    pub eigen: EigenMode,
+}
+
+impl CmaesConfig {
+    fn validate(&self) -> Result<(), CmaesError> {
+        let bad = |field, value: String, reason| {
+            Err(CmaesError::Config {
+                field,
+                value,
+                reason,
+            })
+        };
+        if self.dim == 0 {
+            return bad("dim", "0".into(), "must be > 0");
+        }
+        if self.population < 2 {
+            return bad("population", self.population.to_string(), "must be >= 2");
+        }
+        if !(self.sigma0.is_finite() && self.sigma0 > 0.0) {
+            return bad("sigma0", self.sigma0.to_string(), "must be finite and > 0");
+        }
+        if self.x0.len() != self.dim {
+            return bad(
+                "x0",
+                format!("{} values", self.x0.len()),
+                "length must equal dim",
+            );
+        }
+        if let Some((i, x)) = self.x0.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return bad("x0", format!("[{i}] = {x}"), "must be finite");
+        }
+        Ok(())
+    }
+}
+
+/// B (eigenvectors as columns, n×n row-major) and D (ascending axis lengths, √ of the
+/// eigenvalues) of the C of generation `at`.
+#[derive(Clone, Debug, PartialEq)]
+struct Decomposition {
+    at: u64,
+    b: Vec<f64>,
+    d: Vec<f64>,
+}
+
+/// The population handed out by the last `ask`, row-major λ×n; `tell` needs y and x.
+#[derive(Clone, Debug)]
+struct Pending {
+    x: Vec<f64>,
+    y: Vec<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cmaes {
+    params: StrategyParams,
+    eigen_mode: EigenMode,
+    generation: u64,
+    mean: Vec<f64>,
+    sigma: f64,
+    c: Vec<f64>,
+    p_sigma: Vec<f64>,
+    p_c: Vec<f64>,
+    best_member: Vec<f64>,
+    best_fitness: f64,
+    shift_first_gen: bool,
+    decomposition: Option<Decomposition>,
+    pending: Option<Pending>,
+}
+
+impl Cmaes {
+    pub fn new(cfg: &CmaesConfig) -> Result<Self, CmaesError> {
+        cfg.validate()?;
+        let n = cfg.dim;
+        let mut c = vec![0.0; n * n];
+        for i in 0..n {
+            c[i * n + i] = 1.0;
+        }
+        Ok(Self {
+            params: StrategyParams::new(cfg.population, n),
+            eigen_mode: cfg.eigen,
+            generation: 0,
+            mean: cfg.x0.clone(),
+            sigma: cfg.sigma0,
+            c,
+            p_sigma: vec![0.0; n],
+            p_c: vec![0.0; n],
+            best_member: cfg.x0.clone(),
+            best_fitness: f64::MIN,
+            shift_first_gen: true,
+            decomposition: None,
+            pending: None,
+        })
+    }
+
+    /// 4 + ⌊3 ln n⌋, the usual CMA-ES default.
+    pub fn default_population(dim: usize) -> usize {
+        4 + (3.0 * (dim.max(1) as f64).ln()).floor() as usize
+    }
+
+    pub fn params(&self) -> &StrategyParams {
+        &self.params
+    }
+
+    pub fn eigen_mode(&self) -> EigenMode {
+        self.eigen_mode
+    }
+
+    pub fn mean(&self) -> &[f64] {
+        &self.mean
+    }
+
+    pub fn sigma(&self) -> f64 {
+        self.sigma
+    }
+
+    /// Number of completed tells.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn best(&self) -> (&[f64], f64) {
+        (&self.best_member, self.best_fitness)
+    }
+
+    /// Draws λ×n standard normals row by row from `rng` and samples the population from
+    /// them; a pure function of the state and the draws.
+    pub fn ask<R: rand::Rng + ?Sized>(&mut self, rng: &mut R) -> Vec<Vec<f64>> {
+        let z: Vec<f64> = (0..self.params.population * self.params.dim)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
+        self.ask_with_normals(&z)
+    }
+
+    /// Samples the population `x = m + σ·z·diag(D)·Bᵀ` from the given normals (λ×n,
+    /// row-major). Panics if `z` does not hold λ·n values (a caller bug, not user input).
+    pub fn ask_with_normals(&mut self, z: &[f64]) -> Vec<Vec<f64>> {
+        let (lam, n) = (self.params.population, self.params.dim);
+        assert_eq!(
+            z.len(),
+            lam * n,
+            "ask_with_normals: z must hold λ·n normals"
+        );
+        self.refresh_decomposition();
+        let dec = self
+            .decomposition
+            .as_ref()
+            .expect("refresh_decomposition always leaves a decomposition");
+        let (x, y) = sample(&dec.b, &dec.d, z, &self.mean, self.sigma);
+        let rows = x.chunks_exact(n).map(<[f64]>::to_vec).collect();
+        self.pending = Some(Pending { x, y });
+        rows
+    }
+
+    /// Updates the strategy with the fitness of the last asked population (higher is
+    /// better; NaN and ±inf rank last). On error nothing changes and the population stays
+    /// pending.
+    pub fn tell(&mut self, fitness: &[f64]) -> Result<(), CmaesError> {
+        let (lam, n) = (self.params.population, self.params.dim);
+        let (Some(pending), Some(dec)) = (self.pending.as_ref(), self.decomposition.as_ref())
+        else {
+            return Err(CmaesError::TellWithoutAsk {
+                generation: self.generation,
+            });
+        };
+        if fitness.len() != lam {
+            return Err(CmaesError::FitnessLength {
+                got: fitness.len(),
+                expected: lam,
+            });
+        }
+        let p = &self.params;
+        self.generation += 1;
+        let order = rank_descending(fitness);
+        let mut ys = vec![0.0; lam * n];
+        for (dst, &src) in ys.chunks_exact_mut(n).zip(&order) {
+            dst.copy_from_slice(&pending.y[src * n..(src + 1) * n]);
+        }
+
+        let mut y_w = vec![0.0; n];
+        for (row, &w) in ys.chunks_exact(n).zip(&p.weights_truncated) {
+            if w != 0.0 {
+                for (acc, v) in y_w.iter_mut().zip(row) {
+                    *acc += w * v;
+                }
+            }
+        }
+        for (m, v) in self.mean.iter_mut().zip(&y_w) {
+            *m += p.c_m * self.sigma * v;
+        }
+
+        let whitened = inv_sqrt_times(&dec.b, &dec.d, &y_w);
+        let ps_coef = (p.c_sigma * (2.0 - p.c_sigma) * p.mu_eff).sqrt();
+        for (ps, v) in self.p_sigma.iter_mut().zip(&whitened) {
+            *ps = (1.0 - p.c_sigma) * *ps + ps_coef * v;
+        }
+        let ps_norm = norm(&self.p_sigma);
+        let g = self.generation as f64;
+        let h_sigma = if ps_norm / (1.0 - (1.0 - p.c_sigma).powf(2.0 * g)).sqrt()
+            < (1.4 + 2.0 / (n as f64 + 1.0)) * p.chi_n
+        {
+            1.0
+        } else {
+            0.0
+        };
+        let pc_coef = h_sigma * (p.c_c * (2.0 - p.c_c) * p.mu_eff).sqrt();
+        for (pc, v) in self.p_c.iter_mut().zip(&y_w) {
+            *pc = (1.0 - p.c_c) * *pc + pc_coef * v;
+        }
+
+        let w_circ = active_weights(&p.weights, &ys, &dec.b, &dec.d);
+        let delta = (1.0 - h_sigma) * p.c_c * (2.0 - p.c_c);
+        let decay = 1.0 + p.c_1 * delta - p.c_1 - p.c_mu * p.weights_sum();
+        let coefs: Vec<f64> = w_circ.iter().map(|w| p.c_mu * w).collect();
+        update_covariance(&mut self.c, decay, &coefs, &ys, p.c_1, &self.p_c);
+
+        self.sigma *= ((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1.0)).exp();
+
+        let top = order[0];
+        if fitness[top].is_finite() && fitness[top] > self.best_fitness {
+            self.best_fitness = fitness[top];
+            self.best_member
+                .copy_from_slice(&pending.x[top * n..(top + 1) * n]);
+        }
+        self.pending = None;
+        Ok(())
+    }
+
+    pub fn state(&self) -> CmaesState {
+        let lazy = match (&self.decomposition, self.eigen_mode) {
+            (Some(dec), EigenMode::Lazy) => Some(dec),
+            _ => None,
+        };
+        CmaesState {
+            generation: self.generation,
+            mean: self.mean.clone(),
+            sigma: self.sigma,
+            c: self.c.clone(),
+            p_sigma: self.p_sigma.clone(),
+            p_c: self.p_c.clone(),
+            best_member: self.best_member.clone(),
+            best_fitness: self.best_fitness,
+            shift_first_gen: self.shift_first_gen,
+            decomposed_at: lazy.map(|d| d.at),
+            b: lazy.map(|d| d.b.clone()).unwrap_or_default(),
+            d: lazy.map(|d| d.d.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Rebuilds a strategy from `state()`. `cfg` supplies dim, population and the eigen mode;
+    /// its x0 and sigma0 are superseded by the state. In exact mode a persisted
+    /// decomposition is ignored (the next `ask` recomputes it).
+    pub fn from_state(cfg: &CmaesConfig, s: CmaesState) -> Result<Self, CmaesError> {
+        cfg.validate()?;
+        s.validate(cfg.dim)?;
+        let decomposition = match (cfg.eigen, s.decomposed_at) {
+            (EigenMode::Lazy, Some(at)) => Some(Decomposition { at, b: s.b, d: s.d }),
+            _ => None,
+        };
+        Ok(Self {
+            params: StrategyParams::new(cfg.population, cfg.dim),
+            eigen_mode: cfg.eigen,
+            generation: s.generation,
+            mean: s.mean,
+            sigma: s.sigma,
+            c: s.c,
+            p_sigma: s.p_sigma,
+            p_c: s.p_c,
+            best_member: s.best_member,
+            best_fitness: s.best_fitness,
+            shift_first_gen: s.shift_first_gen,
+            decomposition,
+            pending: None,
+        })
+    }
+
+    fn refresh_decomposition(&mut self) {
+        let due = match (&self.decomposition, self.eigen_mode) {
+            (None, _) | (Some(_), EigenMode::Exact) => true,
+            (Some(dec), EigenMode::Lazy) => {
+                (self.generation - dec.at) as f64 >= self.params.lazy_gap
+            }
+        };
+        if due {
+            self.decomposition = Some(self.decompose());
+        }
+    }
+
+    /// NAMM.md §9.3 steps 1–2: C̃ = C (+1e-6 on every entry at generation 0), symmetrised,
+    /// then B·diag(d²)·Bᵀ with d² ≤ 0 replaced by 1e-20 before the root.
+    fn decompose(&self) -> Decomposition {
+        let n = self.params.dim;
+        let mut c = self.c.clone();
+        if self.generation == 0 && self.shift_first_gen {
+            for v in &mut c {
+                *v += 1e-6;
+            }
+        }
+        for i in 0..n {
+            for j in 0..i {
+                let v = (c[i * n + j] + c[j * n + i]) / 2.0;
+                c[i * n + j] = v;
+                c[j * n + i] = v;
+            }
+        }
+        let eigen = symmetric_eigen(&c, n)
+            .map_err(|err| format!("{err:?}"))
+            .and_then(|e| {
+                let finite = e
+                    .eigenvalues
+                    .iter()
+                    .chain(&e.eigenvectors)
+                    .all(|v| v.is_finite());
+                if finite {
+                    Ok(e)
+                } else {
+                    Err("non-finite eigenpairs (C holds NaN or inf)".to_string())
+                }
+            });
+        match eigen {
+            Ok(e) => Decomposition {
+                at: self.generation,
+                b: e.eigenvectors,
+                d: e.eigenvalues
+                    .iter()
+                    .map(|&d2| if d2 <= 0.0 { 1e-20 } else { d2 }.sqrt())
+                    .collect(),
+            },
+            Err(reason) => {
+                // Keep sampling with the last good model rather than spreading NaN into
+                // every candidate; a run that fails on its first decomposition samples
+                // isotropically (B = I, D = 1).
+                tracing::warn!(
+                    generation = self.generation,
+                    %reason,
+                    "covariance eigendecomposition failed; reusing the previous one"
+                );
+                self.decomposition.clone().unwrap_or_else(|| {
+                    let mut b = vec![0.0; n * n];
+                    for i in 0..n {
+                        b[i * n + i] = 1.0;
+                    }
+                    Decomposition {
+                        at: self.generation,
+                        b,
+                        d: vec![1.0; n],
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// x = m + σ·y with y = z·diag(D)·Bᵀ, both λ×n row-major.
+fn sample(b: &[f64], d: &[f64], z: &[f64], mean: &[f64], sigma: f64) -> (Vec<f64>, Vec<f64>) {
+    let n = d.len();
+    let lam = z.len() / n;
+    let mut zd = z.to_vec();
+    for row in zd.chunks_exact_mut(n) {
+        for (v, dj) in row.iter_mut().zip(d) {
+            *v *= dj;
+        }
+    }
+    let mut y = vec![0.0; lam * n];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut y, lam, n),
+        Accum::Replace,
+        MatRef::from_row_major_slice(&zd, lam, n),
+        MatRef::from_row_major_slice(b, n, n).transpose(),
+        1.0,
+        Par::Seq,
+    );
+    let mut x = y.clone();
+    for row in x.chunks_exact_mut(n) {
+        for (v, m) in row.iter_mut().zip(mean) {
+            *v = m + sigma * *v;
+        }
+    }
+    (x, y)
+}
+
+/// C^{-1/2}·v = B·diag(1/D)·Bᵀ·v.
+fn inv_sqrt_times(b: &[f64], d: &[f64], v: &[f64]) -> Vec<f64> {
+    let n = d.len();
+    let mut t = vec![0.0; n];
+    for (row, vi) in b.chunks_exact(n).zip(v) {
+        for (tj, bij) in t.iter_mut().zip(row) {
+            *tj += bij * vi;
+        }
+    }
+    for (tj, dj) in t.iter_mut().zip(d) {
+        *tj /= dj;
+    }
+    b.chunks_exact(n)
+        .map(|row| row.iter().zip(&t).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+/// w°_i (NAMM.md §9.4 step 6): negative weights rescaled by n / (‖C^{-1/2} y_(i)‖² + 1e-20).
+/// ‖B·diag(1/D)·Bᵀy‖ = ‖diag(1/D)·Bᵀy‖ because B is orthonormal, which saves one n²
+/// product per member.
+fn active_weights(weights: &[f64], ys: &[f64], b: &[f64], d: &[f64]) -> Vec<f64> {
+    let n = d.len();
+    let negative: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] < 0.0).collect();
+    let mut y_neg = Vec::with_capacity(negative.len() * n);
+    for &i in &negative {
+        y_neg.extend_from_slice(&ys[i * n..(i + 1) * n]);
+    }
+    let k = negative.len();
+    let mut bt_y = vec![0.0; k * n];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut bt_y, k, n),
+        Accum::Replace,
+        MatRef::from_row_major_slice(&y_neg, k, n),
+        MatRef::from_row_major_slice(b, n, n),
+        1.0,
+        Par::Seq,
+    );
+    let mut out = weights.to_vec();
+    for (&i, row) in negative.iter().zip(bt_y.chunks_exact(n)) {
+        let sq: f64 = row.iter().zip(d).map(|(v, dj)| (v / dj).powi(2)).sum();
+        out[i] = weights[i] * n as f64 / (sq + 1e-20);
+    }
+    out
+}
+
+/// C ← decay·C + c₁·p_c·p_cᵀ + Σ_i coefs_i·y_(i)·y_(i)ᵀ as one rank-(λ+1) product.
+fn update_covariance(c: &mut [f64], decay: f64, coefs: &[f64], ys: &[f64], c_1: f64, p_c: &[f64]) {
+    let n = p_c.len();
+    let k = coefs.len() + 1;
+    let mut scaled = Vec::with_capacity(k * n);
+    let mut plain = Vec::with_capacity(k * n);
+    for (row, w) in ys.chunks_exact(n).zip(coefs) {
+        scaled.extend(row.iter().map(|v| w * v));
+        plain.extend_from_slice(row);
+    }
+    scaled.extend(p_c.iter().map(|v| c_1 * v));
+    plain.extend_from_slice(p_c);
+    for v in c.iter_mut() {
+        *v *= decay;
+    }
+    matmul(
+        MatMut::from_row_major_slice_mut(c, n, n),
+        Accum::Add,
+        MatRef::from_row_major_slice(&scaled, k, n).transpose(),
+        MatRef::from_row_major_slice(&plain, k, n),
+        1.0,
+        Par::Seq,
+    );
+}
+
+/// Indices by descending fitness; non-finite values last; ties keep index order.
+fn rank_descending(fitness: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..fitness.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (fa, fb) = (fitness[a], fitness[b]);
+        match (fa.is_finite(), fb.is_finite()) {
+            (true, true) => fb.partial_cmp(&fa).unwrap_or(std::cmp::Ordering::Equal),
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            (false, false) => std::cmp::Ordering::Equal,
+        }
+    });
+    order
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}

@@ -1,1 +1,65 @@
-fn main() {}
+//! `namm-worker`: the worker daemon.
+
+use clap::Parser;
+use namm_worker::WorkerConfig;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "namm-worker",
+    version,
+    about = "A namm worker: leases work units from a coordinator, evaluates them, reports"
+)]
+struct Cli {
+    /// Coordinator address.
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "HOST:PORT")]
+    coordinator: String,
+    /// Name shown in `namm workers` (default: host name and process id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Units leased and evaluated at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Add this much time to every evaluation (emulates a slow objective in tests and demos).
+    #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
+    eval_delay_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.slots == 0 || cli.slots > 1024 {
+        anyhow::bail!("--slots {}: must be between 1 and 1024", cli.slots);
+    }
+    let cfg = WorkerConfig {
+        coordinator: cli.coordinator,
+        name: cli.name.unwrap_or_else(namm_worker::default_name),
+        slots: cli.slots,
+        eval_delay: Duration::from_millis(cli.eval_delay_ms),
+    };
+    namm_worker::run(cfg, async {
+        stop_signal().await;
+        tracing::info!("stopping; units in hand go back to the queue when their leases expire");
+    })
+    .await;
+    Ok(())
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,48 @@
+//! `workers`.
+
+use crate::output::{print_json, worker_json, Format, Table};
+use crate::source::{rpc, Source};
+use namm_proto::ListWorkersRequest;
+
+pub async fn list(source: &mut Source, format: Format) -> anyhow::Result<()> {
+    let client = source.remote("workers")?;
+    let workers = rpc(client.list_workers(ListWorkersRequest {}).await)?.workers;
+    if format == Format::Json {
+        print_json(&serde_json::Value::Array(
+            workers.iter().map(worker_json).collect(),
+        ));
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut t = Table::new(vec![
+        "WORKER",
+        "NAME",
+        "DEVICE",
+        "THREADS",
+        "SLOTS",
+        "LEASES",
+        "DONE",
+        "ALIVE",
+        "SEEN_S_AGO",
+        "PEER",
+    ]);
+    for w in &workers {
+        t.row(vec![
+            w.worker_id.clone(),
+            w.name.clone(),
+            w.device.clone(),
+            w.threads.to_string(),
+            w.slots.to_string(),
+            w.active_leases.to_string(),
+            w.units_completed.to_string(),
+            if w.alive { "yes" } else { "no" }.into(),
+            format!("{:.1}", (now - w.last_seen_unix_ms).max(0) as f64 / 1000.0),
+            w.peer.clone(),
+        ]);
+    }
+    out!("{}", t.render(format));
+    Ok(())
+}

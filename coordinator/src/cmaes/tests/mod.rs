@@ -1,0 +1,32 @@
+mod api;
+mod convergence;
+mod golden;
+mod resume;
+
+use super::{Cmaes, CmaesConfig, EigenMode};
+
+/// max |a − b| / max |b|: the harness's normwise relative error (spec/golden/harness/check_cma.py).
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: length mismatch");
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    diff / (scale + 1e-30)
+}
+
+fn config(dim: usize, population: usize, sigma0: f64, x0: f64, eigen: EigenMode) -> CmaesConfig {
+    CmaesConfig {
+        dim,
+        population,
+        sigma0,
+        x0: vec![x0; dim],
+        eigen,
+    }
+}
+
+fn new_es(cfg: &CmaesConfig) -> Cmaes {
+    Cmaes::new(cfg).expect("valid config")
+}

@@ -1,0 +1,397 @@
+//! The coordinator's state machine behind both gRPC services: runs in flight, the lease book
+//! and the store, under one lock (every step is short; the store flushes inside it so an
+//! acknowledged change is durable).
+
+use crate::book::LeaseBook;
+use crate::error::CoordError;
+use crate::run::{now_unix_ms, unit_id, ActiveRun, Told};
+use crate::store::Store;
+use namm::spec::RunSpec;
+use namm_proto::{
+    EvalRecord, ReportRequest, ReportResponse, RunRecord, RunStatus, WatchEvent, WorkUnit,
+    WorkerInfo,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch, Notify};
+
+pub struct Coordinator {
+    pub store: Store,
+    inner: Mutex<Inner>,
+    /// Woken whenever units are queued, for long-polling leases.
+    work: Notify,
+    events: broadcast::Sender<WatchEvent>,
+    /// How many runs are in flight, for `--exit-when-done`.
+    active: watch::Sender<usize>,
+    /// Set when the server shuts down, so long-polling leases answer at once.
+    closing: watch::Sender<bool>,
+}
+
+struct Inner {
+    runs: BTreeMap<u64, ActiveRun>,
+    book: LeaseBook,
+}
+
+impl Coordinator {
+    /// Opens the coordinator on a database and resumes every unfinished run in it.
+    pub fn open(
+        store: Store,
+        lease_ttl: Duration,
+        max_lease: Duration,
+    ) -> Result<Arc<Coordinator>, CoordError> {
+        let mut inner = Inner {
+            runs: BTreeMap::new(),
+            book: LeaseBook::new(lease_ttl, max_lease),
+        };
+        let mut told = Vec::new();
+        for record in store.list_runs()? {
+            if record.status != RunStatus::Running as i32 {
+                continue;
+            }
+            let id = record.run_id;
+            let mut run = ActiveRun::resume(&store, record)?;
+            tracing::info!(
+                run = id,
+                generation = run.generation(),
+                missing = run.missing_units().len(),
+                "resumed run"
+            );
+            // A crash between the last report and the tell leaves a complete generation.
+            if run.is_complete() {
+                told.push(run.finish_generation(&store)?);
+            }
+            if run.is_running() {
+                inner.book.enqueue(run.missing_units());
+                inner.runs.insert(id, run);
+            }
+        }
+        let (events, _) = broadcast::channel(1024);
+        let (active, _) = watch::channel(inner.runs.len());
+        let coord = Arc::new(Coordinator {
+            store,
+            inner: Mutex::new(inner),
+            work: Notify::new(),
+            events,
+            active,
+            closing: watch::channel(false).0,
+        });
+        for t in told {
+            coord.publish(t);
+        }
+        Ok(coord)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic inside the lock already aborted that request; the data stays consistent
+        // because every mutation is written to the store before the in-memory state moves on.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops handing out work: pending and future lease calls answer with no units.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lock().book.ttl
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn active_runs(&self) -> watch::Receiver<usize> {
+        self.active.subscribe()
+    }
+
+    fn publish(&self, told: Told) {
+        let _ = self.events.send(WatchEvent {
+            generation: Some(told.finished),
+            run: Some(told.run),
+        });
+    }
+
+    pub fn submit(&self, spec_toml: &str) -> Result<RunRecord, CoordError> {
+        let spec = RunSpec::from_toml(spec_toml)
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let mut inner = self.lock();
+        let run = ActiveRun::create(&self.store, spec)?;
+        let record = run.record.clone();
+        tracing::info!(run = record.run_id, name = %record.name, "run submitted");
+        inner.book.enqueue(run.missing_units());
+        inner.runs.insert(record.run_id, run);
+        self.active.send_replace(inner.runs.len());
+        drop(inner);
+        self.work.notify_waiters();
+        Ok(record)
+    }
+
+    pub fn cancel(&self, run_id: u64) -> Result<RunRecord, CoordError> {
+        let mut inner = self.lock();
+        let Some(mut run) = inner.runs.remove(&run_id) else {
+            return match self.store.get_run(run_id)? {
+                Some(r) => Err(CoordError::FailedPrecondition(format!(
+                    "run_id {run_id} is not running (status {})",
+                    status_name(r.status)
+                ))),
+                None => Err(not_found_run(run_id)),
+            };
+        };
+        run.record.status = RunStatus::Cancelled as i32;
+        run.record.stop_reason = format!("cancelled at generation {}", run.generation());
+        run.record.finished_unix_ms = now_unix_ms();
+        if let Err(e) = self.store.put_run(&run.record) {
+            inner.runs.insert(run_id, run);
+            return Err(e.into());
+        }
+        inner.book.forget_run(run_id);
+        self.active.send_replace(inner.runs.len());
+        tracing::info!(run = run_id, "run cancelled");
+        let _ = self.events.send(WatchEvent {
+            generation: None,
+            run: Some(run.record.clone()),
+        });
+        Ok(run.record)
+    }
+
+    pub fn register(&self, info: WorkerInfo) -> String {
+        let mut inner = self.lock();
+        let name = info.name.clone();
+        let id = inner.book.register(WorkerInfo {
+            registered_unix_ms: now_unix_ms(),
+            ..info
+        });
+        tracing::info!(worker = %id, %name, "worker registered");
+        id
+    }
+
+    pub fn heartbeat(&self, worker_id: &str) -> Result<u32, CoordError> {
+        self.lock()
+            .book
+            .heartbeat(worker_id)
+            .ok_or_else(|| unknown_worker(worker_id))
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.lock().book.workers()
+    }
+
+    /// Hands out up to `slots` units, waiting up to `wait` for work to appear.
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        slots: u32,
+        wait: Duration,
+    ) -> Result<Vec<WorkUnit>, CoordError> {
+        let slots = slots.clamp(1, 1024) as usize;
+        let give_up = tokio::time::Instant::now() + wait;
+        let mut closing = self.closing.subscribe();
+        loop {
+            if *closing.borrow() {
+                return Ok(Vec::new());
+            }
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let units = self.try_lease(worker_id, slots)?;
+            if !units.is_empty() {
+                return Ok(units);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(give_up) => return Ok(Vec::new()),
+                _ = closing.changed() => {}
+            }
+        }
+    }
+
+    fn try_lease(&self, worker_id: &str, slots: usize) -> Result<Vec<WorkUnit>, CoordError> {
+        let mut inner = self.lock();
+        if !inner.book.knows_worker(worker_id) {
+            return Err(unknown_worker(worker_id));
+        }
+        let Inner { runs, book } = &mut *inner;
+        let taken = book.take(worker_id, slots, |key| {
+            runs.get(&key.run_id).is_some_and(|r| {
+                r.is_running() && r.generation() == key.generation && !r.has_result(key)
+            })
+        });
+        let now = Instant::now();
+        let now_ms = now_unix_ms();
+        Ok(taken
+            .into_iter()
+            .filter_map(|(key, lease_id, deadline)| {
+                let run = runs.get(&key.run_id)?;
+                Some(WorkUnit {
+                    key: Some(key),
+                    unit_id: unit_id(&key),
+                    params: run.params(&key),
+                    objective: Some(run.objective()),
+                    item_ids: run.item_ids(&key),
+                    lease_id,
+                    deadline_unix_ms: now_ms
+                        + deadline.saturating_duration_since(now).as_millis() as i64,
+                })
+            })
+            .collect())
+    }
+
+    pub fn report(&self, req: ReportRequest) -> Result<ReportResponse, CoordError> {
+        let key = req
+            .key
+            .ok_or_else(|| CoordError::InvalidArgument("key is missing".into()))?;
+        let ignored = |note: String| {
+            tracing::debug!(unit = %unit_id(&key), %note, "report ignored");
+            Ok(ReportResponse {
+                accepted: false,
+                note,
+            })
+        };
+        let mut inner = self.lock();
+        let Some(run) = inner.runs.get(&key.run_id) else {
+            return match self.store.get_run(key.run_id)? {
+                Some(r) => ignored(format!(
+                    "run {} is {}; report ignored",
+                    key.run_id,
+                    status_name(r.status)
+                )),
+                None => Err(CoordError::NotFound(format!(
+                    "key.run_id = {} names no run",
+                    key.run_id
+                ))),
+            };
+        };
+        if key.generation < run.generation() {
+            return ignored(format!("generation {} is already complete", key.generation));
+        }
+        if key.generation > run.generation() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "key.generation = {} but run {} is at generation {}",
+                key.generation,
+                key.run_id,
+                run.generation()
+            )));
+        }
+        if key.candidate >= run.population_size() {
+            return Err(CoordError::InvalidArgument(format!(
+                "key.candidate = {} out of range: run {} has population {}",
+                key.candidate,
+                key.run_id,
+                run.population_size()
+            )));
+        }
+        if key.shard >= run.shards {
+            return Err(CoordError::InvalidArgument(format!(
+                "key.shard = {} out of range: run {} has {} shard(s)",
+                key.shard, key.run_id, run.shards
+            )));
+        }
+        if run.has_result(&key) {
+            return ignored(format!("unit {} already reported", unit_id(&key)));
+        }
+        if !inner.book.knows_worker(&req.worker_id) {
+            return Err(unknown_worker(&req.worker_id));
+        }
+        match inner.book.lease(&req.lease_id) {
+            Some(l) if l.key == key && l.worker_id == req.worker_id => {}
+            Some(l) => {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "lease_id {:?} belongs to unit {} of worker {}, not to unit {} of worker {}",
+                    req.lease_id,
+                    unit_id(&l.key),
+                    l.worker_id,
+                    unit_id(&key),
+                    req.worker_id
+                )))
+            }
+            None => {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "lease_id {:?} is not an active lease (expired, or from before a restart); \
+                     unit {} will be handed out again",
+                    req.lease_id,
+                    unit_id(&key)
+                )))
+            }
+        }
+        let run = inner.runs.get(&key.run_id).expect("checked above");
+        run.validate_items(&key, &req.items)?;
+        let worker_name = inner
+            .book
+            .workers()
+            .into_iter()
+            .find(|w| w.worker_id == req.worker_id)
+            .map(|w| w.name)
+            .unwrap_or_default();
+        let eval = EvalRecord {
+            key: Some(key),
+            items: req.items,
+            worker_id: req.worker_id.clone(),
+            worker_name,
+            eval_seconds: req.eval_seconds,
+            received_unix_ms: now_unix_ms(),
+            fitness: req.fitness,
+        };
+        self.store.put_eval(&eval)?;
+        inner.book.release(&req.lease_id);
+        inner.book.completed_by(&req.worker_id);
+        let run = inner.runs.get_mut(&key.run_id).expect("checked above");
+        let mut told = None;
+        if run.record_result(eval) {
+            told = Some(run.finish_generation(&self.store)?);
+            if run.is_running() {
+                let units = run.missing_units();
+                inner.book.enqueue(units);
+            } else {
+                tracing::info!(run = key.run_id, reason = %run.record.stop_reason, "run ended");
+                inner.runs.remove(&key.run_id);
+                inner.book.forget_run(key.run_id);
+                self.active.send_replace(inner.runs.len());
+            }
+        }
+        drop(inner);
+        if let Some(t) = told {
+            tracing::info!(
+                run = key.run_id,
+                generation = t.finished.generation,
+                best = t.finished.best_fitness,
+                sigma = t.finished.sigma_after,
+                "generation complete"
+            );
+            self.publish(t);
+            self.work.notify_waiters();
+        }
+        Ok(ReportResponse {
+            accepted: true,
+            note: String::new(),
+        })
+    }
+
+    /// Puts the units of expired leases back in the queue.
+    pub fn expire_leases(&self) {
+        let n = self.lock().book.expire(Instant::now());
+        if n > 0 {
+            self.work.notify_waiters();
+        }
+    }
+}
+
+pub fn status_name(status: i32) -> &'static str {
+    match RunStatus::try_from(status).unwrap_or(RunStatus::Unspecified) {
+        RunStatus::Unspecified => "unknown",
+        RunStatus::Running => "running",
+        RunStatus::Finished => "finished",
+        RunStatus::Cancelled => "cancelled",
+        RunStatus::Failed => "failed",
+    }
+}
+
+pub fn not_found_run(run_id: u64) -> CoordError {
+    CoordError::NotFound(format!("run_id = {run_id} names no run"))
+}
+
+fn unknown_worker(worker_id: &str) -> CoordError {
+    CoordError::NotFound(format!(
+        "worker_id = {worker_id:?} is not registered (the coordinator may have restarted); register again"
+    ))
+}

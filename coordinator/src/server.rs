@@ -1,0 +1,164 @@
+//! Serving: binds the gRPC services, expires leases, runs local workers, stops on a signal
+//! (or, with `exit_when_done`, once no run is left in flight).
+
+use crate::coordinator::Coordinator;
+use crate::service::Services;
+use crate::store::Store;
+use anyhow::Context;
+use namm_proto::run_service_server::RunServiceServer;
+use namm_proto::worker_service_server::WorkerServiceServer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Largest gRPC message accepted or sent: a NAMM-sized state or population is a few MB.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub runs: Vec<PathBuf>,
+    pub local_workers: u32,
+    pub lease_ttl: Duration,
+    pub max_lease: Duration,
+    pub exit_when_done: bool,
+}
+
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let store = Store::open(&opts.db)?;
+    let coord = Coordinator::open(store, opts.lease_ttl, opts.max_lease)
+        .with_context(|| format!("resuming the runs in {}", opts.db.display()))?;
+    for path in &opts.runs {
+        submit_file(&coord, path)?;
+    }
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    println!("namm-coord listening on {addr}");
+    tracing::info!(%addr, db = %opts.db.display(), "coordinator serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = {
+        let coord = coord.clone();
+        let period = (opts.lease_ttl / 10).max(Duration::from_millis(20));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                coord.expire_leases();
+            }
+        })
+    };
+
+    let mut locals = Vec::new();
+    let connect_to = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    for i in 0..opts.local_workers {
+        let cfg = namm_worker::WorkerConfig {
+            coordinator: connect_to.to_string(),
+            name: format!("local-{i}"),
+            ..namm_worker::WorkerConfig::default()
+        };
+        let mut stop = stop_rx.clone();
+        locals.push(tokio::spawn(namm_worker::run(cfg, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })));
+    }
+
+    let services = Services(coord.clone());
+    let shutdown = {
+        let coord = coord.clone();
+        let mut active = coord.active_runs();
+        let exit_when_done = opts.exit_when_done;
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("signal received; shutting down"),
+                _ = async {
+                    if exit_when_done {
+                        let _ = active.wait_for(|n| *n == 0).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                } => tracing::info!("no run left in flight; exiting (--exit-when-done)"),
+            }
+            coord.close();
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            WorkerServiceServer::new(services.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            RunServiceServer::new(services)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY small replies wait for delayed ACKs: ~40 ms per round trip.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .context("gRPC server failed")?;
+
+    let _ = stop_tx.send(true);
+    for l in locals {
+        let _ = l.await;
+    }
+    reaper.abort();
+    coord.store.flush()?;
+    Ok(())
+}
+
+/// Submits a run spec file unless the database already holds a run with the same spec, so
+/// restarting with the same `--run` resumes the run instead of starting a second one.
+fn submit_file(coord: &Arc<Coordinator>, path: &PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read run spec {}", path.display()))?;
+    let spec = namm::spec::RunSpec::from_toml(&text)
+        .with_context(|| format!("run spec {}", path.display()))?;
+    let canonical = spec.to_toml();
+    if let Some(existing) = coord
+        .store
+        .list_runs()?
+        .into_iter()
+        .find(|r| r.spec_toml == canonical)
+    {
+        tracing::info!(run = existing.run_id, file = %path.display(), "run already in the database; not submitting it again");
+        return Ok(());
+    }
+    let run = coord.submit(&canonical)?;
+    println!("submitted run {} ({})", run.run_id, run.name);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,193 @@
+//! The two gRPC services over one [`Coordinator`].
+
+use crate::coordinator::{not_found_run, Coordinator};
+use crate::error::CoordError;
+use namm_proto::run_service_server::RunService;
+use namm_proto::worker_service_server::WorkerService;
+use namm_proto::*;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Longest a `Lease` call may wait for work before answering empty.
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Services(pub Arc<Coordinator>);
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl WorkerService for Services {
+    async fn register(&self, req: Request<RegisterRequest>) -> Res<RegisterResponse> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let r = req.into_inner();
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument("name is empty"));
+        }
+        let worker_id = self.0.register(WorkerInfo {
+            name: r.name,
+            device: r.device,
+            threads: r.threads,
+            model_sha256: r.model_sha256,
+            version: r.version,
+            slots: r.slots,
+            max_batch: r.max_batch,
+            peer,
+            ..Default::default()
+        });
+        let ttl = self.0.lease_ttl();
+        Ok(Response::new(RegisterResponse {
+            worker_id,
+            heartbeat_interval_ms: (ttl.as_millis() / 4).max(50) as u32,
+            lease_ttl_ms: ttl.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
+        let active_leases = self.0.heartbeat(&req.into_inner().worker_id)?;
+        Ok(Response::new(HeartbeatResponse { active_leases }))
+    }
+
+    async fn lease(&self, req: Request<LeaseRequest>) -> Res<LeaseResponse> {
+        let r = req.into_inner();
+        let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_LEASE_WAIT);
+        let units = self.0.lease(&r.worker_id, r.slots, wait).await?;
+        Ok(Response::new(LeaseResponse { units }))
+    }
+
+    async fn report(&self, req: Request<ReportRequest>) -> Res<ReportResponse> {
+        let r = req.into_inner();
+        let worker = r.worker_id.clone();
+        match self.0.report(r) {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => {
+                tracing::warn!(%worker, error = %e, "report rejected");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RunService for Services {
+    async fn submit_run(&self, req: Request<SubmitRunRequest>) -> Res<SubmitRunResponse> {
+        let run = self.0.submit(&req.into_inner().spec_toml)?;
+        Ok(Response::new(SubmitRunResponse { run: Some(run) }))
+    }
+
+    async fn list_runs(&self, _req: Request<ListRunsRequest>) -> Res<ListRunsResponse> {
+        let runs = self.0.store.list_runs().map_err(CoordError::from)?;
+        Ok(Response::new(ListRunsResponse { runs }))
+    }
+
+    async fn get_run(&self, req: Request<GetRunRequest>) -> Res<GetRunResponse> {
+        let id = req.into_inner().run_id;
+        let run = self
+            .0
+            .store
+            .get_run(id)
+            .map_err(CoordError::from)?
+            .ok_or_else(|| not_found_run(id))?;
+        Ok(Response::new(GetRunResponse { run: Some(run) }))
+    }
+
+    async fn list_generations(
+        &self,
+        req: Request<ListGenerationsRequest>,
+    ) -> Res<ListGenerationsResponse> {
+        let id = req.into_inner().run_id;
+        let generations = crate::queries::history(&self.0.store, id)?;
+        Ok(Response::new(ListGenerationsResponse { generations }))
+    }
+
+    async fn get_generation(
+        &self,
+        req: Request<GetGenerationRequest>,
+    ) -> Res<GetGenerationResponse> {
+        let r = req.into_inner();
+        Ok(Response::new(crate::queries::generation(
+            &self.0.store,
+            r.run_id,
+            r.generation,
+        )?))
+    }
+
+    async fn list_workers(&self, _req: Request<ListWorkersRequest>) -> Res<ListWorkersResponse> {
+        Ok(Response::new(ListWorkersResponse {
+            workers: self.0.workers(),
+        }))
+    }
+
+    async fn cancel_run(&self, req: Request<CancelRunRequest>) -> Res<CancelRunResponse> {
+        let run = self.0.cancel(req.into_inner().run_id)?;
+        Ok(Response::new(CancelRunResponse { run: Some(run) }))
+    }
+
+    type WatchRunStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+
+    async fn watch_run(&self, req: Request<WatchRunRequest>) -> Res<Self::WatchRunStream> {
+        let r = req.into_inner();
+        let id = r.run_id;
+        // Subscribe before reading history so no generation falls between the two.
+        let mut live = self.0.subscribe();
+        let run = self
+            .0
+            .store
+            .get_run(id)
+            .map_err(CoordError::from)?
+            .ok_or_else(|| not_found_run(id))?;
+        let backlog = match r.from_generation {
+            Some(from) => crate::queries::history(&self.0.store, id)?
+                .into_iter()
+                .filter(|g| g.generation >= from)
+                .collect(),
+            None => Vec::new(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut next = r.from_generation.unwrap_or(run.generations_done);
+            for g in backlog {
+                next = g.generation + 1;
+                let ev = WatchEvent {
+                    generation: Some(g),
+                    run: Some(run.clone()),
+                };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            if run.status != RunStatus::Running as i32 {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(ev) => {
+                        let Some(run) = ev.run.as_ref().filter(|r| r.run_id == id) else {
+                            continue;
+                        };
+                        let running = run.status == RunStatus::Running as i32;
+                        let fresh = ev.generation.as_ref().is_none_or(|g| g.generation >= next);
+                        if let Some(g) = &ev.generation {
+                            next = next.max(g.generation + 1);
+                        }
+                        if fresh && tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                        if !running {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(run = id, skipped = n, "watcher fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,330 @@
+//! The sled database: every value is a prost-encoded message of namm.proto, every key is
+//! big-endian so scans come out in (run, generation, candidate, shard) order.
+//!
+//! Trees: `runs` (run) -> RunRecord, `generations` (run, gen) -> GenerationRecord,
+//! `evals` (run, gen, cand, shard) -> EvalRecord, `state` (run) -> StrategyState (latest only),
+//! `meta` -> schema version and the next run id.
+
+use namm_proto::{EvalRecord, GenerationRecord, RunRecord, StrategyState, UnitKey};
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+
+pub const SCHEMA_VERSION: u64 = 1;
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_NEXT_RUN: &[u8] = b"next_run_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("database is in use by another process (stop the coordinator first): {path}")]
+    InUse { path: String },
+    #[error(
+        "database schema version {found} is not supported (this build reads {SCHEMA_VERSION})"
+    )]
+    Schema { found: u64 },
+    #[error("database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt {what} record at key {key}: {source}")]
+    Decode {
+        what: &'static str,
+        key: String,
+        source: prost::DecodeError,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    runs: sled::Tree,
+    generations: sled::Tree,
+    evals: sled::Tree,
+    state: sled::Tree,
+    meta: sled::Tree,
+}
+
+pub fn run_key(run: u64) -> [u8; 8] {
+    run.to_be_bytes()
+}
+
+pub fn gen_key(run: u64, generation: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&run.to_be_bytes());
+    k[8..].copy_from_slice(&generation.to_be_bytes());
+    k
+}
+
+pub fn eval_key(key: &UnitKey) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..12].copy_from_slice(&gen_key(key.run_id, key.generation));
+    k[12..16].copy_from_slice(&key.candidate.to_be_bytes());
+    k[16..].copy_from_slice(&key.shard.to_be_bytes());
+    k
+}
+
+fn decode<M: Message + Default>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|source| StoreError::Decode {
+        what,
+        key: hex_key(key),
+        source,
+    })
+}
+
+fn hex_key(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything that changes when a generation is told, written atomically.
+pub struct GenerationCommit<'a> {
+    pub run: &'a RunRecord,
+    pub finished: &'a GenerationRecord,
+    pub state: &'a StrategyState,
+    pub next: Option<&'a GenerationRecord>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(path).open().map_err(|source| {
+            let in_use = matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                || source.to_string().contains("lock");
+            if in_use {
+                StoreError::InUse {
+                    path: path.display().to_string(),
+                }
+            } else {
+                StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                }
+            }
+        })?;
+        let store = Store {
+            runs: db.open_tree("runs")?,
+            generations: db.open_tree("generations")?,
+            evals: db.open_tree("evals")?,
+            state: db.open_tree("state")?,
+            meta: db.open_tree("meta")?,
+            db,
+        };
+        match store.meta.get(META_SCHEMA)? {
+            Some(v) => {
+                let found = be_u64(&v);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+            None => {
+                store
+                    .meta
+                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                store.flush()?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Creates a run: its record, initial strategy state and first in-flight generation, with
+    /// a fresh run id, atomically and durably.
+    pub fn create_run(
+        &self,
+        mut run: RunRecord,
+        state: &StrategyState,
+        first: GenerationRecord,
+    ) -> Result<RunRecord> {
+        let result = (&self.meta, &self.runs, &self.state, &self.generations).transaction(
+            |(meta, runs, st, gens)| {
+                let id = meta.get(META_NEXT_RUN)?.map(|v| be_u64(&v)).unwrap_or(1);
+                meta.insert(META_NEXT_RUN, &(id + 1).to_be_bytes())?;
+                let mut run = run.clone();
+                run.run_id = id;
+                let mut first = first.clone();
+                first.run_id = id;
+                runs.insert(&run_key(id), run.encode_to_vec())?;
+                st.insert(&run_key(id), state.encode_to_vec())?;
+                gens.insert(&gen_key(id, first.generation), first.encode_to_vec())?;
+                Ok::<_, ConflictableTransactionError<()>>(id)
+            },
+        );
+        run.run_id = tx_result(result)?;
+        self.flush()?;
+        Ok(run)
+    }
+
+    pub fn commit_generation(&self, c: GenerationCommit<'_>) -> Result<()> {
+        let result =
+            (&self.runs, &self.state, &self.generations).transaction(|(runs, st, gens)| {
+                let id = c.run.run_id;
+                runs.insert(&run_key(id), c.run.encode_to_vec())?;
+                st.insert(&run_key(id), c.state.encode_to_vec())?;
+                gens.insert(
+                    &gen_key(id, c.finished.generation),
+                    c.finished.encode_to_vec(),
+                )?;
+                if let Some(next) = c.next {
+                    gens.insert(&gen_key(id, next.generation), next.encode_to_vec())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            });
+        tx_result(result)?;
+        self.flush()
+    }
+
+    pub fn put_run(&self, run: &RunRecord) -> Result<()> {
+        self.runs.insert(run_key(run.run_id), run.encode_to_vec())?;
+        self.flush()
+    }
+
+    pub fn put_eval(&self, eval: &EvalRecord) -> Result<()> {
+        let key = eval.key.unwrap_or_default();
+        self.evals.insert(eval_key(&key), eval.encode_to_vec())?;
+        self.flush()
+    }
+
+    pub fn list_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("run", &k, &v)
+            })
+            .collect()
+    }
+
+    pub fn get_run(&self, run: u64) -> Result<Option<RunRecord>> {
+        let key = run_key(run);
+        self.runs
+            .get(key)?
+            .map(|v| decode("run", &key, &v))
+            .transpose()
+    }
+
+    pub fn get_state(&self, run: u64) -> Result<Option<StrategyState>> {
+        let key = run_key(run);
+        self.state
+            .get(key)?
+            .map(|v| decode("strategy state", &key, &v))
+            .transpose()
+    }
+
+    pub fn get_generation(&self, run: u64, generation: u32) -> Result<Option<GenerationRecord>> {
+        let key = gen_key(run, generation);
+        self.generations
+            .get(key)?
+            .map(|v| decode("generation", &key, &v))
+            .transpose()
+    }
+
+    /// Every generation record of a run, in order (the last one may be in flight).
+    pub fn generations(&self, run: u64) -> Result<Vec<GenerationRecord>> {
+        self.generations
+            .scan_prefix(run_key(run))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("generation", &k, &v)
+            })
+            .collect()
+    }
+
+    /// The evaluations stored for one generation, ordered by (candidate, shard).
+    pub fn evals(&self, run: u64, generation: u32) -> Result<Vec<EvalRecord>> {
+        self.evals
+            .scan_prefix(gen_key(run, generation))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("evaluation", &k, &v)
+            })
+            .collect()
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(b)
+}
+
+fn tx_result<T>(r: std::result::Result<T, TransactionError<()>>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        Err(TransactionError::Abort(())) => {
+            unreachable!("no transaction in this module aborts")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_run_generation_candidate_shard() {
+        let k = |run, generation, candidate, shard| {
+            eval_key(&UnitKey {
+                run_id: run,
+                generation,
+                candidate,
+                shard,
+            })
+        };
+        let ordered = [
+            k(1, 0, 0, 0),
+            k(1, 0, 0, 1),
+            k(1, 0, 1, 0),
+            k(1, 1, 0, 0),
+            k(1, 256, 0, 0),
+            k(2, 0, 0, 0),
+        ];
+        assert!(ordered.windows(2).all(|w| w[0] < w[1]));
+        assert!(gen_key(1, 255) < gen_key(1, 256));
+        assert!(run_key(255) < run_key(256));
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunRecord {
+            name: "r".into(),
+            ..Default::default()
+        };
+        let state = StrategyState {
+            sigma: 0.25,
+            ..Default::default()
+        };
+        let first = GenerationRecord {
+            population: vec![namm_proto::Vector {
+                values: vec![1.0, f64::NAN],
+            }],
+            ..Default::default()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                store
+                    .create_run(run.clone(), &state, first.clone())
+                    .unwrap()
+                    .run_id,
+                1
+            );
+            assert_eq!(store.create_run(run, &state, first).unwrap().run_id, 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_runs().unwrap().len(), 2);
+        assert_eq!(store.get_state(2).unwrap().unwrap().sigma, 0.25);
+        let g = store.get_generation(2, 0).unwrap().unwrap();
+        assert_eq!(g.run_id, 2);
+        assert_eq!(g.population[0].values[0], 1.0);
+        assert!(g.population[0].values[1].is_nan());
+        assert!(store.get_run(3).unwrap().is_none());
+    }
+}

@@ -1,0 +1,84 @@
+//! Evaluating one work unit.
+
+use namm::objective::Benchmark;
+use namm_proto::{objective, ItemResult, WorkUnit};
+use std::collections::HashMap;
+
+/// One result per item of the unit. A unit this worker cannot evaluate (unknown objective,
+/// wrong vector length) gets NaN scores flagged with `extra["error"] = 1`, which the strategy
+/// ranks last, rather than stalling the generation.
+pub fn evaluate(unit: &WorkUnit) -> Vec<ItemResult> {
+    let score = match unit.objective.as_ref().and_then(|o| o.kind.as_ref()) {
+        Some(objective::Kind::Benchmark(b)) => match b.kind.parse::<Benchmark>() {
+            Ok(bench) if unit.params.len() == b.dim as usize => Ok(bench.fitness(&unit.params)),
+            Ok(_) => Err(format!(
+                "params has {} values but objective.dim = {}",
+                unit.params.len(),
+                b.dim
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+        None => Err("unit has no objective".to_string()),
+    };
+    let (score, extra) = match score {
+        Ok(s) => (s, HashMap::new()),
+        Err(msg) => {
+            tracing::error!(unit = %unit.unit_id, error = %msg, "cannot evaluate unit");
+            (f64::NAN, HashMap::from([("error".to_string(), 1.0)]))
+        }
+    };
+    unit.item_ids
+        .iter()
+        .map(|id| ItemResult {
+            item_id: id.clone(),
+            score,
+            extra: extra.clone(),
+        })
+        .collect()
+}
+
+/// A shard's fitness: the mean score of its items (NaN for an empty shard: nothing was measured).
+pub fn shard_fitness(items: &[ItemResult]) -> f64 {
+    if items.is_empty() {
+        return f64::NAN;
+    }
+    items.iter().map(|i| i.score).sum::<f64>() / items.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use namm_proto::{BenchmarkObjective, Objective};
+
+    fn unit(kind: &str, dim: u32, params: Vec<f64>) -> WorkUnit {
+        WorkUnit {
+            params,
+            objective: Some(Objective {
+                kind: Some(objective::Kind::Benchmark(BenchmarkObjective {
+                    kind: kind.into(),
+                    dim,
+                })),
+            }),
+            item_ids: vec![kind.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn scores_are_negated_benchmark_values() {
+        let items = evaluate(&unit("sphere", 2, vec![1.0, 2.0]));
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].item_id, "sphere");
+        assert_eq!(items[0].score, -5.0);
+        assert_eq!(shard_fitness(&items), -5.0);
+    }
+
+    #[test]
+    fn bad_units_get_flagged_nan() {
+        for u in [unit("sphere", 3, vec![1.0]), unit("cube", 1, vec![1.0])] {
+            let items = evaluate(&u);
+            assert!(items[0].score.is_nan());
+            assert_eq!(items[0].extra.get("error"), Some(&1.0));
+        }
+    }
+}
