@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod history;
 mod output;
+mod replay;
 mod runs;
 mod source;
 mod watch;
@@ -49,6 +50,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Cluster(ClusterCommand),
+    /// Run the NAMM policy on recorded attention (the golden-vector JSON schema) and print
+    /// what this implementation computes, in the same schema.
+    Replay(replay::ReplayArgs),
+}
+
+/// Commands that talk to a coordinator (or read its database).
+#[derive(Subcommand)]
+enum ClusterCommand {
     /// Submit a run spec (TOML) to the coordinator.
     Submit { file: PathBuf },
     /// List runs.
@@ -96,17 +107,20 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let format = Format::from_flags(cli.json, cli.csv);
+    let command = match cli.command {
+        Command::Replay(args) => return replay::run(&args),
+        Command::Cluster(command) => command,
+    };
     let mut source = Source::open(cli.coordinator.as_deref(), cli.db.as_deref()).await?;
-    match cli.command {
-        Command::Submit { file } => runs::submit(&mut source, &file, format).await,
-        Command::Runs => runs::list(&mut source, format).await,
-        Command::Cancel { run } => runs::cancel(&mut source, run, format).await,
-        Command::History { run } => history::history(&mut source, run, format).await,
-        Command::Show { run, generation } => {
-            history::show(&mut source, run, generation, format).await
-        }
-        Command::Best { run } => history::best(&mut source, run, format).await,
-        Command::Workers => workers::list(&mut source, format).await,
-        Command::Watch { run, from } => watch::watch(&mut source, run, from, format).await,
+    use ClusterCommand as C;
+    match command {
+        C::Submit { file } => runs::submit(&mut source, &file, format).await,
+        C::Runs => runs::list(&mut source, format).await,
+        C::Cancel { run } => runs::cancel(&mut source, run, format).await,
+        C::History { run } => history::history(&mut source, run, format).await,
+        C::Show { run, generation } => history::show(&mut source, run, generation, format).await,
+        C::Best { run } => history::best(&mut source, run, format).await,
+        C::Workers => workers::list(&mut source, format).await,
+        C::Watch { run, from } => watch::watch(&mut source, run, from, format).await,
     }
 }
