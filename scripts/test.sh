@@ -4,9 +4,7 @@
 # tests/ start the built binaries, so they are built first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f models/SmolLM2-135M-Instruct.Q4_1.gguf ] && [ -z "${NAMM_MODEL:-}" ]; then
-  echo "models/SmolLM2-135M-Instruct.Q4_1.gguf is missing: run scripts/fetch-model.sh first" >&2
-  exit 1
-fi
+# The LLM tests need the default model; fetching is a no-op once it is there.
+[ -n "${NAMM_MODEL:-}" ] || bash scripts/fetch-model.sh
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
