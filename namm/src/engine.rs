@@ -3,6 +3,7 @@
 //! absolute tokens.
 
 mod cache;
+mod decode;
 mod session;
 mod stats;
 

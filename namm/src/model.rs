@@ -11,6 +11,8 @@
 mod config;
 mod error;
 mod linear;
+mod q4;
+mod q8;
 
 use std::fs::File;
 use std::io::BufReader;

@@ -85,9 +85,6 @@ fn chat(case: usize) -> Vec<u32> {
     ids
 }
 
-const IM_END: u32 = 2;
-const EOS: u32 = 0;
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -255,7 +252,7 @@ fn margin(v: &[f32]) -> f32 {
 /// 0.6–0.9, hence these tolerances on max |Δ|.
 fn format_tolerance(format: WeightFormat) -> f32 {
     match format {
-        WeightFormat::F32 => 1.25,
+        WeightFormat::F32 | WeightFormat::F32Gguf => 1.25,
         _ => 2.5,
     }
 }
@@ -291,7 +288,12 @@ fn faster_formats_agree_with_gguf_path() {
             .unwrap();
         let forced = &greedy.tokens[..steps - 1];
         let want = run(reference, ids, forced);
-        for format in [WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::F32Q8_0] {
+        for format in [
+            WeightFormat::F32,
+            WeightFormat::Q8_0,
+            WeightFormat::F32Q8_0,
+            WeightFormat::F32Gguf,
+        ] {
             let got = run(model(format), ids, forced);
             for (step, (g, w)) in got.iter().zip(&want).enumerate() {
                 let d = max_abs_diff(g, w);
@@ -308,6 +310,40 @@ fn faster_formats_agree_with_gguf_path() {
         checked > prompts.len() * 3 * steps / 2,
         "only {checked} steps checked"
     );
+}
+
+#[test]
+fn stop_tokens_end_generation() {
+    let m = model(WeightFormat::F32);
+    let engine = Engine::new(m);
+    let free = engine
+        .generate(
+            &chat(0),
+            &mut Full,
+            &GenerateOptions {
+                max_new_tokens: 8,
+                stop_tokens: vec![],
+            },
+        )
+        .unwrap();
+    assert_eq!(free.stop_reason, StopReason::MaxTokens);
+    assert_eq!(free.tokens.len(), 8);
+    let stop = free.tokens[3];
+    let first = free.tokens.iter().position(|&t| t == stop).unwrap();
+    let stopped = engine
+        .generate(
+            &chat(0),
+            &mut Full,
+            &GenerateOptions {
+                max_new_tokens: 8,
+                stop_tokens: vec![stop],
+            },
+        )
+        .unwrap();
+    assert_eq!(stopped.stop_reason, StopReason::StopToken(stop));
+    assert_eq!(stopped.tokens, free.tokens[..=first]);
+    assert_eq!(stopped.stats.decode_steps, first);
+    assert_eq!(stopped.stats.tokens_seen, chat(0).len() + first);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::cache::LayerCache;
+use super::decode;
 use super::stats::InvocationStats;
 use super::{EngineError, Result, CHUNK, POLICY_PERIOD};
 use crate::model::Model;
@@ -176,7 +177,7 @@ impl<'m> Session<'m> {
             }
             rest = tail;
         }
-        Ok(logits.expect("the loop ran at least once"))
+        logits.ok_or(EngineError::EmptyInput)
     }
 
     /// Runs one chunk of `c` tokens at positions T..T+c through every layer, appending its
@@ -186,7 +187,6 @@ impl<'m> Session<'m> {
         let cfg = model.config();
         let (c, pos0) = (ids.len(), self.tokens_seen);
         let (h, g, d) = (cfg.n_kv_heads, cfg.group_size(), cfg.head_dim);
-        let scale = (d as f64).sqrt();
         let mut masks: HashMap<usize, Tensor> = HashMap::new();
         let mut x = model.embed(ids)?;
         for layer in 0..cfg.n_layers {
@@ -194,31 +194,54 @@ impl<'m> Session<'m> {
             let cache = &mut self.caches[layer];
             cache.append(&k, &v, pos0)?;
             let n = cache.len();
-            // Query head h·G + g reads KV head h (HF repeat_kv order), so [Hq, c, D] is
-            // [H, G·c, D] with rows g·c + i: one batched matmul per KV head, no K/V copies.
-            let q = q.reshape((h, g * c, d))?;
-            let mut att = (q.matmul(&cache.keys()?.t()?)? / scale)?;
-            if c > 1 {
-                let mask = match masks.get(&n) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m = causal_mask(g, c, n, model.device())?;
-                        masks.insert(n, m.clone());
-                        m
-                    }
+            let decoded = if c == 1 {
+                let dims = decode::Dims {
+                    heads: h,
+                    group: g,
+                    head_dim: d,
+                    n,
                 };
-                att = att.broadcast_add(&mask)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            if self.record_attention {
-                let mean = (att.reshape((h, g, c, n))?.sum(1)? / g as f64)?;
-                self.pending[layer].push(AttnChunk {
-                    rows: c,
-                    cols: n,
-                    data: mean.flatten_all()?.to_vec1()?,
-                });
-            }
-            let y = att.matmul(&cache.values()?)?.reshape((cfg.n_heads, c, d))?;
+                decode::attend(
+                    &q,
+                    &cache.keys()?,
+                    &cache.values()?,
+                    dims,
+                    self.record_attention,
+                )?
+            } else {
+                None
+            };
+            let y = match decoded {
+                Some((y, probs)) => {
+                    if self.record_attention {
+                        let mean = probs
+                            .chunks_exact(g * n)
+                            .flat_map(|rows| {
+                                (0..n).map(move |j| {
+                                    (0..g).map(|gi| rows[gi * n + j]).sum::<f32>() / g as f32
+                                })
+                            })
+                            .collect();
+                        self.pending[layer].push(AttnChunk {
+                            rows: 1,
+                            cols: n,
+                            data: mean,
+                        });
+                    }
+                    Tensor::from_vec(y, (cfg.n_heads, 1, d), model.device())?
+                }
+                None => {
+                    let (y, mean) = self.attend_chunk(&q, layer, g, c, &mut masks)?;
+                    if let Some(data) = mean {
+                        self.pending[layer].push(AttnChunk {
+                            rows: c,
+                            cols: n,
+                            data,
+                        });
+                    }
+                    y
+                }
+            };
             x = model.attn_residual(layer, &x, &y)?;
             x = model.mlp_residual(layer, &x)?;
         }
@@ -227,6 +250,47 @@ impl<'m> Session<'m> {
         let live: usize = self.caches.iter().map(LayerCache::live_bytes).sum();
         self.peak_kv_bytes = self.peak_kv_bytes.max(live);
         Ok(x)
+    }
+
+    /// Attention of chunk queries `q: [Hq, c, D]` over the layer's cache (the chunk already
+    /// appended) with batched matmuls: `y: [Hq, c, D]`, and the probabilities averaged over
+    /// each KV head's query heads `[H][c][N]` when recording.
+    fn attend_chunk(
+        &self,
+        q: &Tensor,
+        layer: usize,
+        g: usize,
+        c: usize,
+        masks: &mut HashMap<usize, Tensor>,
+    ) -> Result<(Tensor, Option<Vec<f32>>)> {
+        let cfg = self.model.config();
+        let (h, d) = (cfg.n_kv_heads, cfg.head_dim);
+        let cache = &self.caches[layer];
+        let n = cache.len();
+        // Query head h·G + g reads KV head h (HF repeat_kv order), so [Hq, c, D] is
+        // [H, G·c, D] with rows g·c + i: one batched matmul per KV head, no K/V copies.
+        let q = q.reshape((h, g * c, d))?;
+        let mut att = (q.matmul(&cache.keys()?.t()?)? / (d as f64).sqrt())?;
+        if c > 1 {
+            let mask = match masks.get(&n) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = causal_mask(g, c, n, self.model.device())?;
+                    masks.insert(n, m.clone());
+                    m
+                }
+            };
+            att = att.broadcast_add(&mask)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let mean = if self.record_attention {
+            let mean = (att.reshape((h, g, c, n))?.sum(1)? / g as f64)?;
+            Some(mean.flatten_all()?.to_vec1()?)
+        } else {
+            None
+        };
+        let y = att.matmul(&cache.values()?)?.reshape((cfg.n_heads, c, d))?;
+        Ok((y, mean))
     }
 
     /// One policy invocation (spec §2.3) on every layer, then compaction of each layer's cache
