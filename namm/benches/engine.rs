@@ -1,9 +1,9 @@
 //! Prefill and decode speed of the engine on the default GGUF at prompt lengths 512–4096,
-//! with a full cache and with an evicting policy that reads attention (the inputs a NAMM
-//! needs), on 2 threads.
+//! with a full cache and with a NAMM of random parameters (i1 layout, θ ~ N(0, 0.065²), the
+//! CMA-ES starting spread), on 2 threads.
 //!
 //! `cargo bench -p namm --bench engine`; env `NAMM_BENCH_FORMATS` (comma-separated, default
-//! `f32+q8_0`), `NAMM_BENCH_LENGTHS` (default `512,1024,2048,4096`), `NAMM_BENCH_DECODE`
+//! `f32+gguf`), `NAMM_BENCH_LENGTHS` (default `512,1024,2048,4096`), `NAMM_BENCH_DECODE`
 //! (tokens generated per run, default 64), `NAMM_MODEL`.
 
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::Device;
 use namm::engine::{Engine, GenerateOptions};
 use namm::model::{Model, WeightFormat};
-use namm::policy::{LayerView, MemoryPolicy, PolicyInputs};
+use namm::policy::{BamLayout, LayerView, MemoryPolicy, NammPolicy, PolicyInputs};
 
 struct Full;
 impl MemoryPolicy for Full {
@@ -25,43 +25,6 @@ impl MemoryPolicy for Full {
     fn reset(&mut self) {}
     fn select(&mut self, _: &LayerView<'_>) -> Option<Vec<Vec<usize>>> {
         None
-    }
-}
-
-/// Keeps, per head, the half of the tokens that received the most attention from the new
-/// queries (plus the newest): cheap, but it needs the attention a NAMM reads.
-struct TopAttention;
-impl MemoryPolicy for TopAttention {
-    fn name(&self) -> String {
-        "top-attn:0.5".into()
-    }
-    fn inputs(&self) -> PolicyInputs {
-        PolicyInputs {
-            attention: true,
-            key_norms: false,
-        }
-    }
-    fn reset(&mut self) {}
-    fn select(&mut self, v: &LayerView<'_>) -> Option<Vec<Vec<usize>>> {
-        let (n, nn) = (v.n_tokens, v.n_new);
-        let keep = n.div_ceil(2);
-        let kept = (0..v.n_heads)
-            .map(|h| {
-                let mut mass = vec![0f32; n];
-                for row in v.attn[h * nn * n..(h + 1) * nn * n].chunks_exact(n) {
-                    for (m, a) in mass.iter_mut().zip(row) {
-                        *m += a;
-                    }
-                }
-                mass[n - 1] = f32::INFINITY;
-                let mut idx: Vec<usize> = (0..n).collect();
-                idx.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
-                idx.truncate(keep);
-                idx.sort_unstable();
-                idx
-            })
-            .collect();
-        Some(kept)
     }
 }
 
@@ -119,7 +82,7 @@ fn main() {
         "model file {} not found: run scripts/fetch-model.sh (or set NAMM_MODEL)",
         path.display()
     );
-    let formats: Vec<WeightFormat> = env_list("NAMM_BENCH_FORMATS", "f32+q8_0");
+    let formats: Vec<WeightFormat> = env_list("NAMM_BENCH_FORMATS", "f32+gguf");
     let lengths: Vec<usize> = env_list("NAMM_BENCH_LENGTHS", "512,1024,2048,4096");
     let decode: usize = std::env::var("NAMM_BENCH_DECODE")
         .ok()
@@ -147,7 +110,10 @@ fn main() {
         engine
             .generate(&prompt(200), &mut Full, &opts)
             .expect("warm-up");
-        let mut policies: Vec<Box<dyn MemoryPolicy>> = vec![Box::new(Full), Box::new(TopAttention)];
+        let mut policies: Vec<Box<dyn MemoryPolicy>> = vec![
+            Box::new(Full),
+            Box::new(NammPolicy::random(BamLayout::I1, 0.065, 0).with_label("namm:random")),
+        ];
         for &len in &lengths {
             for policy in policies.iter_mut() {
                 let g = engine

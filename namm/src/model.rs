@@ -259,6 +259,28 @@ impl Model {
     }
 }
 
+/// The device named by `spec`: `cpu`, or `cuda:N` (`cuda` = `cuda:0`), which needs the
+/// crate's `cuda` feature and a GPU.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let bad = |reason: String| ModelError::BadDevice {
+        spec: spec.to_string(),
+        reason,
+    };
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| bad(e.to_string())),
+        _ => {
+            let Some(n) = spec.strip_prefix("cuda:") else {
+                return Err(bad("expected cpu or cuda:N".to_string()));
+            };
+            let ordinal = n
+                .parse::<usize>()
+                .map_err(|_| bad(format!("GPU ordinal {n:?} is not a number")))?;
+            Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
+        }
+    }
+}
+
 /// cos/sin of `p · base^(−2i/D)` for every position, computed exactly like
 /// `quantized_llama` (f32 products, then cos/sin) so RoPE agrees bit for bit.
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {

@@ -733,6 +733,21 @@ fn invalid_selection_is_an_error() {
 }
 
 #[test]
+fn device_specs() {
+    use namm::model::parse_device;
+    assert!(parse_device("cpu").unwrap().is_cpu());
+    for spec in ["gpu", "cuda:x", "cuda:-1", ""] {
+        let err = parse_device(spec).unwrap_err();
+        assert!(matches!(err, ModelError::BadDevice { .. }), "{spec}: {err}");
+    }
+    #[cfg(not(feature = "cuda"))]
+    assert!(matches!(
+        parse_device("cuda:0"),
+        Err(ModelError::BadDevice { .. })
+    ));
+}
+
+#[test]
 fn bad_model_files_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let load = |p: &std::path::Path| Model::load(p, &Device::Cpu, WeightFormat::Gguf).map(|_| ());

@@ -32,6 +32,8 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("position {position} is beyond the model's context length {context}")]
     ContextExceeded { position: usize, context: usize },
+    #[error("device {spec:?}: {reason}")]
+    BadDevice { spec: String, reason: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
