@@ -211,11 +211,13 @@ fn logits_match_candle_quantized_llama() {
     let mut session = Session::new(ours, PolicyInputs::default()).unwrap();
     let got = session.feed(&ids[..200], &mut Full).unwrap();
     let d = max_abs_diff(&got, &want);
+    eprintln!("200-token prompt: max |Δ| = {d}");
     assert!(d <= 1e-3, "200-token prompt: max |Δ| = {d}");
     // A decode step on top of the cache.
     let want = candle_logits(&mut reference, &ids[200..201], 200);
     let got = session.feed(&ids[200..201], &mut Full).unwrap();
     let d = max_abs_diff(&got, &want);
+    eprintln!("decode step at position 200: max |Δ| = {d}");
     assert!(d <= 1e-3, "decode step at position 200: max |Δ| = {d}");
 
     // Chunk by chunk on both sides: [0,128), [128,256), then 44 tokens.
@@ -227,10 +229,12 @@ fn logits_match_candle_quantized_llama() {
     }
     let got = session.feed(&ids[..300], &mut Full).unwrap();
     let d = max_abs_diff(&got, &want);
+    eprintln!("3-chunk prompt: max |Δ| = {d}");
     assert!(d <= 1e-3, "3-chunk prompt: max |Δ| = {d}");
     // The plain forward without a cache agrees too.
     let plain = ours.forward_full(&ids[..300]).unwrap();
     let d = max_abs_diff(&plain, &want);
+    eprintln!("forward_full: max |Δ| = {d}");
     assert!(d <= 1e-3, "forward_full: max |Δ| = {d}");
 }
 
