@@ -1,0 +1,338 @@
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::cache::LayerCache;
+use super::stats::InvocationStats;
+use super::{EngineError, Result, CHUNK, POLICY_PERIOD};
+use crate::model::Model;
+use crate::policy::{LayerView, MemoryPolicy, PolicyInputs};
+
+/// Attention rows of one chunk for one layer, `[H][rows][cols]`, cols = N when it ran.
+#[derive(Debug, Clone)]
+struct AttnChunk {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+/// The state of one sequence: per-layer KV caches, the absolute token count T, and the
+/// attention buffered since the previous policy invocation (spec §2).
+///
+/// [`Session::fork`] makes a deep copy: a prefix prefilled once (before T reaches 512 the
+/// cache is the same for every policy) can be forked for each candidate policy.
+#[derive(Debug)]
+pub struct Session<'m> {
+    model: &'m Model,
+    caches: Vec<LayerCache>,
+    /// Per layer, the chunks since the previous invocation; empty unless recording.
+    pending: Vec<Vec<AttnChunk>>,
+    record_attention: bool,
+    tokens_seen: usize,
+    since_invocation: usize,
+    invocations: Vec<InvocationStats>,
+    peak_kv_bytes: usize,
+    policy_secs: f64,
+}
+
+impl<'m> Session<'m> {
+    /// An empty sequence. With `inputs.attention` the attention of every chunk is kept until
+    /// the next invocation; policies that need it can only run on such sessions.
+    pub fn new(model: &'m Model, inputs: PolicyInputs) -> Result<Self> {
+        let cfg = model.config();
+        let caches = (0..cfg.n_layers)
+            .map(|_| {
+                LayerCache::new(
+                    cfg.n_kv_heads,
+                    cfg.head_dim,
+                    cfg.context_length,
+                    model.device(),
+                )
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            model,
+            caches,
+            pending: vec![Vec::new(); cfg.n_layers],
+            record_attention: inputs.attention,
+            tokens_seen: 0,
+            since_invocation: 0,
+            invocations: Vec::new(),
+            peak_kv_bytes: 0,
+            policy_secs: 0.0,
+        })
+    }
+
+    /// A copy sharing no storage with `self`: what one fork appends never shows in another.
+    pub fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            model: self.model,
+            caches: self
+                .caches
+                .iter()
+                .map(LayerCache::deep_clone)
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            pending: self.pending.clone(),
+            record_attention: self.record_attention,
+            tokens_seen: self.tokens_seen,
+            since_invocation: self.since_invocation,
+            invocations: self.invocations.clone(),
+            peak_kv_bytes: self.peak_kv_bytes,
+            policy_secs: self.policy_secs,
+        })
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Tokens processed so far, T (also the position the next token gets).
+    pub fn tokens_seen(&self) -> usize {
+        self.tokens_seen
+    }
+
+    /// Tokens each KV head of every layer holds now.
+    pub fn kept_per_layer(&self) -> Vec<usize> {
+        self.caches.iter().map(LayerCache::len).collect()
+    }
+
+    /// `[layer][head][token]` absolute positions of the cached tokens.
+    pub fn positions(&self) -> Vec<Vec<Vec<u32>>> {
+        self.caches.iter().map(|c| c.positions().to_vec()).collect()
+    }
+
+    pub fn invocations(&self) -> &[InvocationStats] {
+        &self.invocations
+    }
+
+    pub fn peak_kv_bytes(&self) -> usize {
+        self.peak_kv_bytes
+    }
+
+    /// Seconds spent in policy invocations (building the views, `select`, compaction).
+    pub fn policy_secs(&self) -> f64 {
+        self.policy_secs
+    }
+
+    /// Feeds a shared prefix that must end before the next invocation point (T stays below
+    /// the next multiple of 512), so that no policy is involved; logits of its last token.
+    pub fn feed_prefix(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let end = self.tokens_seen + ids.len();
+        if end / POLICY_PERIOD != self.tokens_seen / POLICY_PERIOD {
+            return Err(EngineError::PrefixReachesInvocation {
+                tokens_seen: self.tokens_seen,
+                len: ids.len(),
+            });
+        }
+        self.feed_inner(ids, None)
+    }
+
+    /// Feeds tokens in chunks aligned to absolute multiples of 128, invoking `policy` on
+    /// every layer whenever T reaches a multiple of 512; logits `[vocab]` of the last token.
+    pub fn feed(&mut self, ids: &[u32], policy: &mut dyn MemoryPolicy) -> Result<Vec<f32>> {
+        self.feed_inner(ids, Some(policy))
+    }
+
+    fn feed_inner(
+        &mut self,
+        ids: &[u32],
+        mut policy: Option<&mut dyn MemoryPolicy>,
+    ) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        let context = self.model.config().context_length;
+        if self.tokens_seen + ids.len() > context {
+            return Err(EngineError::Model(
+                crate::model::ModelError::ContextExceeded {
+                    position: self.tokens_seen + ids.len() - 1,
+                    context,
+                },
+            ));
+        }
+        if let Some(p) = policy.as_deref() {
+            if p.inputs().attention && !self.record_attention {
+                return Err(EngineError::AttentionNotRecorded { policy: p.name() });
+            }
+        }
+        let mut rest = ids;
+        let mut logits = None;
+        while !rest.is_empty() {
+            let room = CHUNK - self.tokens_seen % CHUNK;
+            let (chunk, tail) = rest.split_at(room.min(rest.len()));
+            let hidden = self.forward_chunk(chunk)?;
+            if tail.is_empty() {
+                logits = Some(self.model.logits(&hidden)?.to_vec1()?);
+            }
+            if self.tokens_seen % POLICY_PERIOD == 0 {
+                let p = policy
+                    .as_deref_mut()
+                    .ok_or(EngineError::PrefixReachesInvocation {
+                        tokens_seen: self.tokens_seen,
+                        len: 0,
+                    })?;
+                self.invoke(p)?;
+            }
+            rest = tail;
+        }
+        Ok(logits.expect("the loop ran at least once"))
+    }
+
+    /// Runs one chunk of `c` tokens at positions T..T+c through every layer, appending its
+    /// K/V; returns the final hidden states `[c, hidden]`.
+    fn forward_chunk(&mut self, ids: &[u32]) -> Result<Tensor> {
+        let model = self.model;
+        let cfg = model.config();
+        let (c, pos0) = (ids.len(), self.tokens_seen);
+        let (h, g, d) = (cfg.n_kv_heads, cfg.group_size(), cfg.head_dim);
+        let scale = (d as f64).sqrt();
+        let mut masks: HashMap<usize, Tensor> = HashMap::new();
+        let mut x = model.embed(ids)?;
+        for layer in 0..cfg.n_layers {
+            let (q, k, v) = model.qkv(layer, &x, pos0)?;
+            let cache = &mut self.caches[layer];
+            cache.append(&k, &v, pos0)?;
+            let n = cache.len();
+            // Query head h·G + g reads KV head h (HF repeat_kv order), so [Hq, c, D] is
+            // [H, G·c, D] with rows g·c + i: one batched matmul per KV head, no K/V copies.
+            let q = q.reshape((h, g * c, d))?;
+            let mut att = (q.matmul(&cache.keys()?.t()?)? / scale)?;
+            if c > 1 {
+                let mask = match masks.get(&n) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = causal_mask(g, c, n, model.device())?;
+                        masks.insert(n, m.clone());
+                        m
+                    }
+                };
+                att = att.broadcast_add(&mask)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            if self.record_attention {
+                let mean = (att.reshape((h, g, c, n))?.sum(1)? / g as f64)?;
+                self.pending[layer].push(AttnChunk {
+                    rows: c,
+                    cols: n,
+                    data: mean.flatten_all()?.to_vec1()?,
+                });
+            }
+            let y = att.matmul(&cache.values()?)?.reshape((cfg.n_heads, c, d))?;
+            x = model.attn_residual(layer, &x, &y)?;
+            x = model.mlp_residual(layer, &x)?;
+        }
+        self.tokens_seen += c;
+        self.since_invocation += c;
+        let live: usize = self.caches.iter().map(LayerCache::live_bytes).sum();
+        self.peak_kv_bytes = self.peak_kv_bytes.max(live);
+        Ok(x)
+    }
+
+    /// One policy invocation (spec §2.3) on every layer, then compaction of each layer's cache
+    /// to the returned tokens.
+    fn invoke(&mut self, policy: &mut dyn MemoryPolicy) -> Result<()> {
+        let start = Instant::now();
+        let inputs = policy.inputs();
+        let heads = self.model.config().n_kv_heads;
+        let n_new = self.since_invocation;
+        let mut kept_per_layer = Vec::with_capacity(self.caches.len());
+        for (layer, cache) in self.caches.iter_mut().enumerate() {
+            let n = cache.len();
+            let attn = if inputs.attention {
+                assemble_attention(&self.pending[layer], heads, n_new, n)
+            } else {
+                Vec::new()
+            };
+            let positions: Vec<u32> = cache.positions().concat();
+            let key_norms = if inputs.key_norms {
+                cache.key_norms()?
+            } else {
+                Vec::new()
+            };
+            let view = LayerView {
+                layer,
+                n_heads: heads,
+                n_tokens: n,
+                n_new,
+                attn: &attn,
+                positions: &positions,
+                key_norms: &key_norms,
+                tokens_seen: self.tokens_seen,
+            };
+            if let Some(kept) = policy.select(&view) {
+                check_selection(&kept, heads, n).map_err(|reason| EngineError::BadSelection {
+                    policy: policy.name(),
+                    layer,
+                    reason,
+                })?;
+                cache.gather(&kept)?;
+            }
+            kept_per_layer.push(cache.len());
+        }
+        for p in &mut self.pending {
+            p.clear();
+        }
+        self.since_invocation = 0;
+        self.invocations.push(InvocationStats {
+            tokens_seen: self.tokens_seen,
+            kept_per_layer,
+        });
+        self.policy_secs += start.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+/// Additive mask `[G·c, N]` for chunk rows g·c + i: key j is hidden iff it is a chunk token
+/// after query i (j > N − c + i); every cached older token stays visible.
+fn causal_mask(g: usize, c: usize, n: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let old = n - c;
+    let mut m = vec![0f32; g * c * n];
+    for gi in 0..g {
+        for i in 0..c {
+            let row = &mut m[(gi * c + i) * n..(gi * c + i + 1) * n];
+            row[old + i + 1..].fill(f32::NEG_INFINITY);
+        }
+    }
+    Ok(Tensor::from_vec(m, (g * c, n), device)?)
+}
+
+/// `[H][n_new][N]` from the buffered chunks, earlier chunks right-padded with zeros.
+fn assemble_attention(chunks: &[AttnChunk], heads: usize, n_new: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; heads * n_new * n];
+    let mut row0 = 0;
+    for ch in chunks {
+        for h in 0..heads {
+            for r in 0..ch.rows {
+                let src = &ch.data[(h * ch.rows + r) * ch.cols..][..ch.cols];
+                out[(h * n_new + row0 + r) * n..][..ch.cols].copy_from_slice(src);
+            }
+        }
+        row0 += ch.rows;
+    }
+    out
+}
+
+fn check_selection(kept: &[Vec<usize>], heads: usize, n: usize) -> std::result::Result<(), String> {
+    if kept.len() != heads {
+        return Err(format!("{} index lists for {heads} KV heads", kept.len()));
+    }
+    let count = kept[0].len();
+    for (h, idx) in kept.iter().enumerate() {
+        if idx.len() != count {
+            return Err(format!(
+                "head {h} keeps {} tokens, head 0 keeps {count}",
+                idx.len()
+            ));
+        }
+        if let Some(&bad) = idx.iter().find(|&&i| i >= n) {
+            return Err(format!(
+                "head {h}: index {bad} out of range for {n} cached tokens"
+            ));
+        }
+        if idx.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!("head {h}: indices are not strictly ascending"));
+        }
+    }
+    Ok(())
+}
