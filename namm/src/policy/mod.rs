@@ -3,6 +3,30 @@
 //! owns whatever per-layer state it needs, aligned with the cache, and filters it itself with
 //! the indices it returns.
 
+mod bam;
+mod baselines;
+mod error;
+pub mod features;
+mod gqa;
+pub mod layout;
+mod namm;
+mod params_file;
+mod parse;
+mod real;
+pub mod replay;
+mod select;
+mod simd;
+
+pub use baselines::{Baseline, BaselineKind, Budget, FullCache};
+pub use error::PolicyError;
+pub use gqa::gqa_mean;
+pub use layout::{BamLayout, PARAM_COUNT};
+pub use namm::{Invocation, NammCore, NammPolicy, NormMode};
+pub use params_file::NammParams;
+pub use parse::{parse_budget, parse_policy, DEFAULT_NAMM_PATH, VALID_POLICIES};
+pub use real::Real;
+pub use select::{binary_select, top_k};
+
 /// What the engine hands a policy at one invocation, for one layer (spec §2.3). All slices
 /// are row-major f32/u32 views of the engine's buffers.
 #[derive(Debug, Clone, Copy)]

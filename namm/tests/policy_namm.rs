@@ -1,0 +1,195 @@
+//! The NAMM policy behind the engine's trait: state carried across invocations, the f32
+//! production path against the f64 path, parameter files, statistics accumulation.
+
+use namm::policy::{
+    parse_policy, BamLayout, Invocation, LayerView, MemoryPolicy, NammCore, NammParams, NammPolicy,
+    NormMode,
+};
+use namm::stats::NormStats;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Causal softmax attention of `n_new` new queries over `n` keys, `[heads][n_new][n]`.
+fn attention(rng: &mut ChaCha8Rng, heads: usize, n: usize, n_new: usize) -> Vec<f32> {
+    let n_old = n - n_new;
+    let mut a = vec![0.0f32; heads * n_new * n];
+    for h in 0..heads {
+        for i in 0..n_new {
+            let row = &mut a[(h * n_new + i) * n..(h * n_new + i + 1) * n];
+            let visible = n_old + i + 1;
+            let logits: Vec<f32> = (0..visible).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let sum: f32 = logits.iter().map(|l| l.exp()).sum();
+            for (r, l) in row.iter_mut().zip(&logits) {
+                *r = l.exp() / sum;
+            }
+        }
+    }
+    a
+}
+
+fn random_params(seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..BamLayout::I1.param_count())
+        .map(|_| rng.random_range(-0.4..0.4))
+        .collect()
+}
+
+fn frozen() -> NormMode {
+    NormMode::Frozen(NormStats::new(vec![0.01; 17], vec![1e-4; 17], 100.0).unwrap())
+}
+
+/// Three invocations on two layers through the trait, fed like the engine feeds it, and the
+/// same through the f64 core: identical kept sets, scores within f32 rounding.
+#[test]
+fn trait_path_in_f32_selects_like_the_f64_core_across_invocations() {
+    let params = random_params(7);
+    let mut policy = NammPolicy::new(params.clone(), frozen()).unwrap();
+    let mut core = NammCore::<f64>::new(&params, frozen()).unwrap();
+    let heads = 3;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut held = [0usize; 2];
+    let mut positions: Vec<Vec<Vec<u32>>> = vec![vec![Vec::new(); heads]; 2];
+    let mut evicted_somewhere = false;
+    for t in 0..3 {
+        let n_new = 64;
+        for layer in 0..2 {
+            let n = held[layer] + n_new;
+            let attn = attention(&mut rng, heads, n, n_new);
+            let pos: Vec<u32> = positions[layer]
+                .iter()
+                .flat_map(|p| {
+                    p.iter()
+                        .copied()
+                        .chain((t * 64) as u32..(t * 64 + 64) as u32)
+                })
+                .collect();
+            let view = LayerView {
+                layer,
+                n_heads: heads,
+                n_tokens: n,
+                n_new,
+                attn: &attn,
+                positions: &pos,
+                key_norms: &[],
+                tokens_seen: (t + 1) * 64,
+            };
+            let kept = policy
+                .select(&view)
+                .unwrap_or_else(|| vec![(0..n).collect(); heads]);
+            let attn64: Vec<f64> = attn.iter().map(|&v| v as f64).collect();
+            let kept64 = core
+                .invoke(&Invocation {
+                    layer,
+                    n_heads: heads,
+                    n_tokens: n,
+                    n_new,
+                    attn: &attn64,
+                    positions: &pos,
+                })
+                .unwrap();
+            assert_eq!(kept, kept64, "invocation {t} layer {layer}");
+            let k = kept[0].len();
+            assert!(kept
+                .iter()
+                .all(|h| h.len() == k && h.last() == Some(&(n - 1))));
+            evicted_somewhere |= k < n;
+            held[layer] = k;
+            positions[layer] = kept
+                .iter()
+                .enumerate()
+                .map(|(h, idx)| idx.iter().map(|&j| pos[h * n + j]).collect())
+                .collect();
+            let s32 = policy.core().scores();
+            let s64 = core.scores();
+            for (a, b) in s32.iter().zip(s64) {
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{a} vs {b}"
+                );
+            }
+        }
+    }
+    assert!(evicted_somewhere, "random θ should evict something");
+}
+
+#[test]
+fn zero_parameters_keep_everything_and_accumulate_statistics() {
+    let mut policy = NammPolicy::new(vec![0.0; 4172], NormMode::accumulate()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (heads, n) = (3, 48);
+    let attn = attention(&mut rng, heads, n, n);
+    let pos: Vec<u32> = (0..heads).flat_map(|_| 0..n as u32).collect();
+    let view = LayerView {
+        layer: 0,
+        n_heads: heads,
+        n_tokens: n,
+        n_new: n,
+        attn: &attn,
+        positions: &pos,
+        key_norms: &[],
+        tokens_seen: n,
+    };
+    assert_eq!(policy.select(&view), None);
+    assert_eq!(policy.norm_stats().count, (heads * n) as f64);
+    assert!(policy.norm_stats().mean.iter().all(|&m| m > 0.0));
+    assert_eq!(policy.select(&LayerView { layer: 1, ..view }), None);
+    assert_eq!(policy.norm_stats().count, (2 * heads * n) as f64);
+}
+
+#[test]
+fn malformed_views_keep_everything_without_panicking() {
+    let mut policy = NammPolicy::random(BamLayout::I1, 0.2, 1);
+    let attn = vec![0.1f32; 3 * 20 * 20];
+    let pos: Vec<u32> = (0..60).collect();
+    let view = LayerView {
+        layer: 0,
+        n_heads: 3,
+        n_tokens: 20,
+        n_new: 20,
+        attn: &attn,
+        positions: &pos,
+        key_norms: &[],
+        tokens_seen: 20,
+    };
+    // n = 20 is not a multiple of 16.
+    assert_eq!(policy.select(&view), None);
+    // Attention of the wrong size.
+    let short = LayerView {
+        n_new: 16,
+        attn: &attn[..10],
+        ..view
+    };
+    assert_eq!(policy.select(&short), None);
+}
+
+#[test]
+fn parameter_files_build_the_same_policy() {
+    let params = random_params(9);
+    let stats = NormStats::new(vec![0.02; 17], vec![2e-4; 17], 10.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("best.safetensors");
+    NammParams {
+        params: params.clone(),
+        stats: stats.clone(),
+        metadata: Default::default(),
+    }
+    .save(&path)
+    .unwrap();
+    let mut from_file = parse_policy(&format!("namm:{}", path.display())).unwrap();
+    let mut direct = NammPolicy::new(params, NormMode::Frozen(stats)).unwrap();
+    assert!(from_file.name().starts_with("namm:") && from_file.inputs().attention);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let attn = attention(&mut rng, 2, 32, 32);
+    let pos: Vec<u32> = (0..2).flat_map(|_| 0..32u32).collect();
+    let view = LayerView {
+        layer: 0,
+        n_heads: 2,
+        n_tokens: 32,
+        n_new: 32,
+        attn: &attn,
+        positions: &pos,
+        key_norms: &[],
+        tokens_seen: 32,
+    };
+    assert_eq!(from_file.select(&view), direct.select(&view));
+}
