@@ -1,0 +1,1 @@
+//! (empty: filled by its issue)
