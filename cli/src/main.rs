@@ -10,6 +10,7 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::output::emit(&format!("{}\n", format!($($t)*))) };
 }
 
+mod eval;
 mod history;
 mod output;
 mod replay;
@@ -24,7 +25,7 @@ use source::Source;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "namm", version, about = "Query and drive a namm cluster")]
+#[command(name = "namm", version, about = "Evolve and evaluate Neural Attention Memory Models: drive a namm cluster, query its history, compare memory policies on a local model")]
 struct Cli {
     /// Coordinator to talk to [default: 127.0.0.1:50051].
     #[arg(
@@ -52,6 +53,8 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Cluster(ClusterCommand),
+    /// Compare memory policies on long-context tasks with a local model.
+    Eval(eval::EvalArgs),
     /// Run the NAMM policy on recorded attention (the golden-vector JSON schema) and print
     /// what this implementation computes, in the same schema.
     Replay(replay::ReplayArgs),
@@ -99,16 +102,23 @@ enum ClusterCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Local evaluations are long: their progress lines are worth showing by default.
+    let default_level = match cli.command {
+        Command::Eval(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let format = Format::from_flags(cli.json, cli.csv);
     let command = match cli.command {
         Command::Replay(args) => return replay::run(&args),
+        Command::Eval(args) => return eval::run(&args, format),
         Command::Cluster(command) => command,
     };
     let mut source = Source::open(cli.coordinator.as_deref(), cli.db.as_deref()).await?;

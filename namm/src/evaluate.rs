@@ -1,0 +1,370 @@
+//! Turns task samples and memory policies into scored results: the one place that renders a
+//! sample's prompt with the chat template, tokenizes it as the model expects, generates
+//! greedily under each policy, decodes, scores, and measures the cache. `namm eval` and the
+//! workers' (candidate, shard) work units both run through [`Evaluator`].
+//!
+//! Several policies on one prompt share its beginning: before T first reaches 512 no policy
+//! has run, so the cache is the same for all of them. That prefix is prefilled once and the
+//! session forked for each policy ([`EvalOptions::prefix_reuse`]).
+
+mod error;
+mod results;
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::Device;
+
+pub use error::{EvalError, Result};
+pub use results::{PolicyEvaluation, PrefixReuse, SampleResult, TaskEvaluation};
+
+use crate::engine::{
+    Engine, GenerateOptions, Generation, Session, StopReason, CHUNK, POLICY_PERIOD,
+};
+use crate::model::{Model, WeightFormat};
+use crate::policy::{MemoryPolicy, PolicyInputs};
+use crate::tasks::{Sample, Task};
+use crate::tokenizer::{read_gguf_content, Tokenizer};
+
+const ADD_BOS_KEY: &str = "tokenizer.ggml.add_bos_token";
+
+/// How an evaluation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Prefill the part of each prompt that is the same for every policy once and fork it
+    /// (only where more than one policy runs). The results are identical either way.
+    pub prefix_reuse: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { prefix_reuse: true }
+    }
+}
+
+/// A model and its tokenizer, loaded once for any number of samples and policies.
+#[derive(Debug)]
+pub struct Evaluator {
+    model: Model,
+    tokenizer: Tokenizer,
+    add_bos: bool,
+}
+
+impl Evaluator {
+    /// Loads the GGUF file at `path` onto `device`: the model in `format`, the tokenizer and
+    /// whether prompts start with BOS (`tokenizer.ggml.add_bos_token`, absent meaning no, as
+    /// llama.cpp decides for byte-level BPE vocabularies; SmolLM2 says false, its ChatML
+    /// prompts open with `<|im_start|>` instead).
+    pub fn load(path: &Path, device: &Device, format: WeightFormat) -> Result<Self> {
+        if !path.is_file() {
+            return Err(EvalError::ModelMissing {
+                path: path.to_path_buf(),
+            });
+        }
+        let tokenizer_err = |source| EvalError::Tokenizer {
+            path: path.to_path_buf(),
+            source,
+        };
+        let content = read_gguf_content(path).map_err(tokenizer_err)?;
+        let tokenizer = Tokenizer::from_gguf(&content).map_err(tokenizer_err)?;
+        let add_bos = match content.metadata.get(ADD_BOS_KEY) {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(EvalError::BadMetadata {
+                    path: path.to_path_buf(),
+                    key: ADD_BOS_KEY,
+                    found: format!("{other:?}"),
+                })
+            }
+        };
+        let model = Model::load(path, device, format).map_err(|source| EvalError::Model {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::new(model, tokenizer, add_bos))
+    }
+
+    pub fn new(model: Model, tokenizer: Tokenizer, add_bos: bool) -> Self {
+        Self {
+            model,
+            tokenizer,
+            add_bos,
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Whether prompts get a BOS token in front.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The samples of `task` at `indices`, built with this model's tokenizer and template.
+    pub fn samples_at(
+        &self,
+        task: &Task,
+        seed: u64,
+        indices: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<Sample>> {
+        let template = |user: &str| self.tokenizer.chat_prompt(user);
+        indices
+            .into_iter()
+            .map(|index| {
+                task.sample(seed, index, &self.tokenizer, &template)
+                    .map_err(|source| EvalError::Task {
+                        task: task.spec().to_string(),
+                        index,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// The first `count` samples of `task` (all of them if a LongBench file has fewer).
+    pub fn samples(&self, task: &Task, seed: u64, count: usize) -> Result<Vec<Sample>> {
+        let count = task.len().map_or(count, |len| len.min(count));
+        self.samples_at(task, seed, 0..count as u64)
+    }
+
+    /// The text fed to the model for `sample`.
+    pub fn prompt_text(&self, sample: &Sample) -> String {
+        sample.prompt(&|user: &str| self.tokenizer.chat_prompt(user))
+    }
+
+    /// Token ids of `text` as the model expects them: control tokens of the template parsed
+    /// to their ids, BOS in front if the GGUF asks for it.
+    pub fn prompt_ids(&self, sample_id: &str, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.tokenizer.bos_id());
+        }
+        let encoded = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|source| EvalError::Encode {
+                sample: sample_id.to_string(),
+                source,
+            })?;
+        ids.extend(encoded);
+        if ids.is_empty() {
+            return Err(EvalError::EmptyPrompt {
+                sample: sample_id.to_string(),
+            });
+        }
+        let context = self.model.config().context_length;
+        if ids.len() > context {
+            return Err(EvalError::PromptTooLong {
+                sample: sample_id.to_string(),
+                tokens: ids.len(),
+                context,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Every policy on every sample of one task; `on_result` sees each generation as it ends.
+    pub fn evaluate(
+        &self,
+        task: &str,
+        samples: &[Sample],
+        policies: &mut [Box<dyn MemoryPolicy>],
+        opts: &EvalOptions,
+        on_result: &mut dyn FnMut(&SampleResult),
+    ) -> Result<TaskEvaluation> {
+        if policies.is_empty() {
+            return Err(EvalError::NoPolicies);
+        }
+        let mut per_policy: Vec<Vec<SampleResult>> = vec![Vec::new(); policies.len()];
+        let mut prefix_reuse = PrefixReuse::default();
+        for sample in samples {
+            let (results, reuse) = self.evaluate_sample(sample, policies, opts, on_result)?;
+            prefix_reuse.add(&reuse);
+            for (acc, result) in per_policy.iter_mut().zip(results) {
+                acc.push(result);
+            }
+        }
+        let policies = policies
+            .iter()
+            .zip(per_policy)
+            .map(|(p, results)| PolicyEvaluation::from_results(task.to_string(), p.name(), results))
+            .collect();
+        Ok(TaskEvaluation {
+            task: task.to_string(),
+            policies,
+            prefix_reuse,
+        })
+    }
+
+    /// One sample under every policy, in order; the shared prefix is prefilled once when
+    /// `opts.prefix_reuse` is set and more than one policy runs.
+    pub fn evaluate_sample(
+        &self,
+        sample: &Sample,
+        policies: &mut [Box<dyn MemoryPolicy>],
+        opts: &EvalOptions,
+        on_result: &mut dyn FnMut(&SampleResult),
+    ) -> Result<(Vec<SampleResult>, PrefixReuse)> {
+        let prompt = self.prompt_text(sample);
+        let ids = self.prompt_ids(&sample.id, &prompt)?;
+        let gen_opts = GenerateOptions {
+            max_new_tokens: sample.max_new_tokens,
+            stop_tokens: self.tokenizer.stop_ids().to_vec(),
+        };
+        let engine = Engine::new(&self.model);
+
+        let prefix_len = if opts.prefix_reuse && policies.len() > 1 {
+            shared_prefix_len(ids.len())
+        } else {
+            0
+        };
+        let mut reuse = PrefixReuse::default();
+        let prefix = if prefix_len > 0 {
+            let inputs = policies.iter().fold(PolicyInputs::default(), |acc, p| {
+                let i = p.inputs();
+                PolicyInputs {
+                    attention: acc.attention || i.attention,
+                    key_norms: acc.key_norms || i.key_norms,
+                }
+            });
+            let prefix_err = |source| EvalError::Prefix {
+                sample: sample.id.clone(),
+                tokens: prefix_len,
+                source,
+            };
+            let start = Instant::now();
+            let mut session = Session::new(&self.model, inputs).map_err(prefix_err)?;
+            session
+                .feed_prefix(&ids[..prefix_len])
+                .map_err(prefix_err)?;
+            reuse.samples = 1;
+            reuse.prefix_tokens = prefix_len;
+            reuse.prefix_secs = start.elapsed().as_secs_f64();
+            Some(session)
+        } else {
+            None
+        };
+
+        let mut results = Vec::with_capacity(policies.len());
+        for policy in policies.iter_mut() {
+            let name = policy.name();
+            let start = Instant::now();
+            let generation = match &prefix {
+                Some(session) => {
+                    engine.generate_from(session, &ids[prefix_len..], policy.as_mut(), &gen_opts)
+                }
+                None => engine.generate(&ids, policy.as_mut(), &gen_opts),
+            }
+            .map_err(|source| EvalError::Generate {
+                sample: sample.id.clone(),
+                policy: name.clone(),
+                source,
+            })?;
+            if prefix.is_some() {
+                let s = &generation.stats;
+                let overhead = start.elapsed().as_secs_f64() - s.prefill_secs - s.decode_secs;
+                reuse.fork_secs += overhead.max(0.0);
+            }
+            let result = self.result(sample, &prompt, name, &generation, reuse.prefix_secs)?;
+            on_result(&result);
+            results.push(result);
+        }
+        if prefix.is_some() {
+            reuse.saved_secs = (policies.len() - 1) as f64 * reuse.prefix_secs - reuse.fork_secs;
+        }
+        Ok((results, reuse))
+    }
+
+    fn result(
+        &self,
+        sample: &Sample,
+        prompt: &str,
+        policy: String,
+        generation: &Generation,
+        prefix_secs: f64,
+    ) -> Result<SampleResult> {
+        let mut tokens = generation.tokens.as_slice();
+        if let StopReason::StopToken(_) = generation.stop_reason {
+            tokens = &tokens[..tokens.len() - 1];
+        }
+        let prediction =
+            self.tokenizer
+                .decode(tokens, true)
+                .map_err(|source| EvalError::Decode {
+                    sample: sample.id.clone(),
+                    policy: policy.clone(),
+                    source,
+                })?;
+        let s = &generation.stats;
+        let prefill_secs = s.prefill_secs + prefix_secs;
+        Ok(SampleResult {
+            policy,
+            index: sample.index,
+            id: sample.id.clone(),
+            prompt: prompt.to_string(),
+            answers: sample.answers.clone(),
+            score: sample.score(&prediction),
+            prediction,
+            kept_fraction: s.mean_kept_fraction,
+            kept_after_invocations: s
+                .invocations
+                .iter()
+                .map(|inv| {
+                    let kept: usize = inv.kept_per_layer.iter().sum();
+                    kept as f64 / (inv.kept_per_layer.len() * inv.tokens_seen) as f64
+                })
+                .collect(),
+            prompt_tokens: s.prompt_tokens,
+            generated_tokens: s.generated_tokens,
+            tokens_seen: s.tokens_seen,
+            peak_kv_bytes: s.peak_kv_bytes,
+            prefill_tokens_per_sec: results::rate(s.prompt_tokens, prefill_secs),
+            decode_tokens_per_sec: s.decode_tokens_per_sec(),
+            stop_reason: match generation.stop_reason {
+                StopReason::StopToken(id) => format!("stop token {id}"),
+                StopReason::MaxTokens => "max tokens".into(),
+                StopReason::ContextFull => "context full".into(),
+            },
+            prefill_secs,
+            decode_secs: s.decode_secs,
+            policy_secs: s.policy_secs,
+            decode_steps: s.decode_steps,
+        })
+    }
+}
+
+/// Tokens of a `len`-token prompt that every policy processes identically: whole 128-token
+/// chunks (so the chunking, and with it every number, is that of an unshared prefill) that end
+/// before the first invocation at T = 512 and leave at least one token for each policy to feed.
+pub fn shared_prefix_len(len: usize) -> usize {
+    let below_invocation = (POLICY_PERIOD - 1) / CHUNK * CHUNK;
+    (len.saturating_sub(1) / CHUNK * CHUNK).min(below_invocation)
+}
+
+/// A device from `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let bad = |reason: String| EvalError::Device {
+        spec: spec.to_string(),
+        reason,
+    };
+    match spec.trim() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| bad(e.to_string())),
+        other => {
+            let ordinal = other
+                .strip_prefix("cuda:")
+                .ok_or_else(|| bad("expected cpu, cuda or cuda:N".into()))?;
+            let ordinal: usize = ordinal
+                .parse()
+                .map_err(|_| bad(format!("`{ordinal}` is not a GPU index")))?;
+            Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
+        }
+    }
+}
