@@ -1,7 +1,9 @@
 //! `namm-worker`: the worker daemon.
 
 use clap::Parser;
+use namm_worker::auth::{resolve_token, ClientAuth};
 use namm_worker::WorkerConfig;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -23,6 +25,20 @@ struct Cli {
     /// Add this much time to every evaluation (emulates a slow objective in tests and demos).
     #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
     eval_delay_ms: u64,
+    /// Shared secret of the coordinator (sent as `authorization: Bearer TOKEN`).
+    #[arg(
+        long,
+        env = "NAMM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the token from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA (or self-signed certificate) in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -42,10 +58,14 @@ async fn main() -> anyhow::Result<()> {
         name: cli.name.unwrap_or_else(namm_worker::default_name),
         slots: cli.slots,
         eval_delay: Duration::from_millis(cli.eval_delay_ms),
+        auth: ClientAuth {
+            token: resolve_token(cli.token, cli.token_file.as_deref())?,
+            tls_ca: cli.tls_ca,
+        },
     };
     namm_worker::run(cfg, async {
         stop_signal().await;
-        tracing::info!("stopping; units in hand go back to the queue when their leases expire");
+        tracing::info!("signal received; handing back the units in hand");
     })
     .await;
     Ok(())
