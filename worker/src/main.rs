@@ -41,8 +41,7 @@ struct Cli {
     tls_ca: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -63,11 +62,14 @@ async fn main() -> anyhow::Result<()> {
             tls_ca: cli.tls_ca,
         },
     };
-    namm_worker::run(cfg, async {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(namm_worker::run(cfg, async {
         stop_signal().await;
         tracing::info!("signal received; handing back the units in hand");
-    })
-    .await;
+    }));
+    // An evaluation of a handed-back unit may still be running on a blocking thread; its
+    // result is no longer wanted, so the process does not wait for it.
+    rt.shutdown_timeout(Duration::from_millis(500));
     Ok(())
 }
 
