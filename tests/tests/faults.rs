@@ -502,7 +502,7 @@ seed = 23
 kind = "rosenbrock"
 dim = 8
 [stop]
-max_generations = 70
+max_generations = 100
 target_fitness = -1e-12
 "#;
 
@@ -536,7 +536,7 @@ fn chaos_killed_workers_and_coordinator_reproduce_the_uninterrupted_history() {
     let mut restarts = 0;
     let mut worker_starts = 3;
     let mut workers: Vec<Proc> = (0..3)
-        .map(|i| c.worker(&format!("w{i}-0"), &["--eval-delay-ms", "3"]))
+        .map(|i| c.worker(&format!("w{i}-0"), &["--eval-delay-ms", "25"]))
         .collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
     let (mut worker_kills, mut worker_terms) = (0, 0);
@@ -544,7 +544,7 @@ fn chaos_killed_workers_and_coordinator_reproduce_the_uninterrupted_history() {
     let deadline = started + Duration::from_secs(300);
     loop {
         assert!(Instant::now() < deadline, "chaos run did not finish");
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..500)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..400)));
         let runs = c.json(&["runs"]);
         let run = find_run(&runs, 1);
         if run["status"] != "running" {
@@ -578,7 +578,7 @@ fn chaos_killed_workers_and_coordinator_reproduce_the_uninterrupted_history() {
             worker_terms += 1;
         }
         worker_starts += 1;
-        workers[i] = c.worker(&format!("w{i}-{worker_starts}"), &["--eval-delay-ms", "3"]);
+        workers[i] = c.worker(&format!("w{i}-{worker_starts}"), &["--eval-delay-ms", "25"]);
     }
     let duration = started.elapsed().as_secs_f64();
     assert_eq!(restarts, 2, "the coordinator was not restarted twice");
