@@ -397,7 +397,10 @@ impl Coordinator {
             worker_name,
             eval_seconds: req.eval_seconds,
             received_unix_ms: now_unix_ms(),
-            fitness: req.fitness,
+            // proto3 does not store a field equal to its default, and -0.0 == 0.0: a stored
+            // -0.0 comes back as +0.0 after a restart. Telling the strategy +0.0 from the
+            // start keeps a resumed run bit for bit equal to an uninterrupted one.
+            fitness: if req.fitness == 0.0 { 0.0 } else { req.fitness },
         };
         self.store.put_eval(&eval)?;
         if !eval.fitness.is_finite() {

@@ -204,7 +204,7 @@ proptest! {
         )
         .unwrap();
         let run = coord
-            .submit("seed = 1\n[objective]\nkind = \"sphere\"\ndim = 3\n[strategy]\npopulation = 8\n[stop]\nmax_generations = 3\n")
+            .submit("seed = 1\n[objective]\nkind = \"sphere\"\ndim = 3\n[strategy]\npopulation = 8\n[stop]\nmax_generations = 3\ntarget_fitness = inf\n")
             .unwrap();
         let workers: Vec<String> = (0..2)
             .map(|i| coord.register(WorkerInfo { name: format!("w{i}"), ..Default::default() }))
