@@ -103,3 +103,34 @@ impl ClientAuth {
         InterceptedService::new(channel, self.interceptor())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_one_source_and_are_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret \nsecond line\n").unwrap();
+        assert_eq!(
+            resolve_token(None, Some(&file)).unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(
+            resolve_token(Some(" t ".into()), None).unwrap().as_deref(),
+            Some("t")
+        );
+        assert_eq!(resolve_token(None, None).unwrap(), None);
+        let both = resolve_token(Some("t".into()), Some(&file)).unwrap_err();
+        assert!(both.to_string().contains("both"), "{both}");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(resolve_token(None, Some(&file))
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let missing = resolve_token(None, Some(&dir.path().join("nope"))).unwrap_err();
+        assert!(format!("{missing:#}").contains("nope"), "{missing:#}");
+        assert!(resolve_token(Some("bad\u{7}token".into()), None).is_err());
+    }
+}
