@@ -39,6 +39,21 @@ struct Cli {
     /// Read a stopped coordinator's database instead (read-only: the CLI opens a copy).
     #[arg(long, global = true, value_name = "PATH")]
     db: Option<PathBuf>,
+    /// Shared secret of the coordinator (sent as `authorization: Bearer TOKEN`).
+    #[arg(
+        long,
+        global = true,
+        env = "NAMM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the token from the first line of this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA (or self-signed certificate) in this PEM file.
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
     /// Print JSON for scripts.
     #[arg(long, global = true, conflicts_with = "csv")]
     json: bool,
@@ -121,7 +136,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Eval(args) => return eval::run(&args, format),
         Command::Cluster(command) => command,
     };
-    let mut source = Source::open(cli.coordinator.as_deref(), cli.db.as_deref()).await?;
+    let auth = namm_worker::auth::ClientAuth {
+        token: namm_worker::auth::resolve_token(cli.token, cli.token_file.as_deref())?,
+        tls_ca: cli.tls_ca,
+    };
+    let mut source = Source::open(cli.coordinator.as_deref(), cli.db.as_deref(), &auth).await?;
     use ClusterCommand as C;
     match command {
         C::Submit { file } => runs::submit(&mut source, &file, format).await,

@@ -6,11 +6,11 @@ use anyhow::{bail, Context};
 use namm_coord::store::Store;
 use namm_proto::run_service_client::RunServiceClient;
 use namm_proto::*;
+use namm_worker::auth::{AuthChannel, ClientAuth};
 use std::path::Path;
-use tonic::transport::{Channel, Endpoint};
 
 pub enum Source {
-    Remote(RunServiceClient<Channel>),
+    Remote(RunServiceClient<AuthChannel>),
     Local {
         store: Store,
         _copy: tempfile::TempDir,
@@ -18,28 +18,29 @@ pub enum Source {
 }
 
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// The coordinator refuses requests above 16 MiB.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 impl Source {
-    pub async fn open(coordinator: Option<&str>, db: Option<&Path>) -> anyhow::Result<Source> {
+    pub async fn open(
+        coordinator: Option<&str>,
+        db: Option<&Path>,
+        auth: &ClientAuth,
+    ) -> anyhow::Result<Source> {
         if let Some(db) = db {
             return Self::open_db(db);
         }
         let addr = coordinator.unwrap_or("127.0.0.1:50051");
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("--coordinator {addr:?} is not a valid address"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+        let channel = auth
+            .endpoint(addr)
+            .with_context(|| format!("--coordinator {addr:?}"))?
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {addr}"))?;
         Ok(Source::Remote(
-            RunServiceClient::new(channel)
+            RunServiceClient::new(auth.wrap(channel))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_encoding_message_size(MAX_REQUEST_BYTES),
         ))
     }
 
@@ -65,7 +66,7 @@ impl Source {
         Ok(())
     }
 
-    pub fn remote(&mut self, what: &str) -> anyhow::Result<&mut RunServiceClient<Channel>> {
+    pub fn remote(&mut self, what: &str) -> anyhow::Result<&mut RunServiceClient<AuthChannel>> {
         self.needs_coordinator(what)?;
         match self {
             Source::Remote(c) => Ok(c),

@@ -1,8 +1,9 @@
 //! The lease book: the queue of units waiting for a worker, the units out on lease and the
 //! workers that hold them.
 
+use crate::metrics::Counters;
 use namm_proto::{UnitKey, WorkerInfo};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 pub struct Lease {
@@ -30,6 +31,9 @@ pub struct LeaseBook {
     leases: HashMap<String, Lease>,
     leased: HashMap<UnitKey, String>,
     workers: HashMap<String, Worker>,
+    /// Units put back in the queue by an expiry or a hand-back, to count re-leases.
+    returned: HashSet<UnitKey>,
+    pub counters: Counters,
 }
 
 impl LeaseBook {
@@ -47,6 +51,8 @@ impl LeaseBook {
             leases: HashMap::new(),
             leased: HashMap::new(),
             workers: HashMap::new(),
+            returned: HashSet::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -123,6 +129,10 @@ impl LeaseBook {
                 },
             );
             self.leased.insert(key, lease_id.clone());
+            self.counters.units_leased += 1;
+            if self.returned.remove(&key) {
+                self.counters.units_re_leased += 1;
+            }
             out.push((key, lease_id, deadline));
         }
         if let Some(w) = self.workers.get_mut(worker_id) {
@@ -140,6 +150,35 @@ impl LeaseBook {
         if let Some(lease) = self.leases.remove(lease_id) {
             self.leased.remove(&lease.key);
         }
+    }
+
+    /// Puts the unit of a lease that `worker_id` holds back at the front of the queue. False
+    /// when the lease is not live or belongs to another worker (nothing changes then).
+    pub fn hand_back(&mut self, worker_id: &str, lease_id: &str) -> bool {
+        if self
+            .leases
+            .get(lease_id)
+            .is_none_or(|l| l.worker_id != worker_id)
+        {
+            return false;
+        }
+        let Some(lease) = self.leases.remove(lease_id) else {
+            return false;
+        };
+        self.leased.remove(&lease.key);
+        tracing::info!(lease = %lease_id, worker = %worker_id, unit = %crate::run::unit_id(&lease.key), "unit handed back; it goes out again first");
+        self.counters.units_released += 1;
+        self.returned.insert(lease.key);
+        self.queue.push_front(lease.key);
+        true
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn leases_len(&self) -> usize {
+        self.leases.len()
     }
 
     pub fn completed_by(&mut self, worker_id: &str) {
@@ -166,6 +205,8 @@ impl LeaseBook {
             if let Some(lease) = self.leases.remove(id) {
                 self.leased.remove(&lease.key);
                 tracing::warn!(lease = %id, worker = %lease.worker_id, unit = %crate::run::unit_id(&lease.key), "lease expired; unit goes back to the queue");
+                self.counters.units_expired += 1;
+                self.returned.insert(lease.key);
                 self.queue.push_front(lease.key);
             }
         }
@@ -175,6 +216,7 @@ impl LeaseBook {
     /// Drops every queued or leased unit of a run (cancelled or finished).
     pub fn forget_run(&mut self, run_id: u64) {
         self.queue.retain(|k| k.run_id != run_id);
+        self.returned.retain(|k| k.run_id != run_id);
         let gone: Vec<String> = self
             .leases
             .iter()
@@ -184,6 +226,17 @@ impl LeaseBook {
         for id in gone {
             self.release(&id);
         }
+    }
+
+    /// (workers heard from within one TTL, workers known).
+    pub fn worker_counts(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let alive = self
+            .workers
+            .values()
+            .filter(|w| now.duration_since(w.last_seen) < self.ttl)
+            .count();
+        (alive, self.workers.len())
     }
 
     pub fn workers(&self) -> Vec<WorkerInfo> {
@@ -280,6 +333,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         book.heartbeat(&w);
         assert_eq!(book.expire(Instant::now() + Duration::from_millis(90)), 1);
+    }
+
+    #[test]
+    fn a_handed_back_unit_goes_out_first_and_counts_as_re_leased() {
+        let (mut book, w) = book_with_worker(Duration::from_secs(10));
+        let other = book.register(WorkerInfo::default());
+        book.enqueue((0..3).map(key));
+        let taken = book.take(&w, 2, |_| true);
+        assert!(
+            !book.hand_back(&other, &taken[1].1),
+            "another worker's lease"
+        );
+        assert!(!book.hand_back(&w, "l-nope"));
+        assert!(book.hand_back(&w, &taken[1].1));
+        assert!(!book.hand_back(&w, &taken[1].1), "twice");
+        let next = book.take(&other, 1, |_| true);
+        assert_eq!(next[0].0.candidate, 1);
+        assert_eq!(book.counters.units_released, 1);
+        assert_eq!(book.counters.units_re_leased, 1);
+        assert_eq!(book.counters.units_leased, 3);
     }
 
     #[test]

@@ -88,9 +88,62 @@ impl Coordinator {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stops handing out work: pending and future lease calls answer with no units.
+    /// Stops handing out work: pending and future lease calls answer with no units, and
+    /// watch streams end so the server can drain.
     pub fn close(&self) {
         self.closing.send_replace(true);
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// The metrics of this moment.
+    pub fn metrics(&self) -> crate::metrics::Snapshot {
+        let inner = self.lock();
+        let (workers_connected, workers_known) = inner.book.worker_counts();
+        crate::metrics::Snapshot {
+            counters: inner.book.counters.clone(),
+            workers_connected,
+            workers_known,
+            leases_active: inner.book.leases_len(),
+            queue_length: inner.book.queue_len(),
+            runs: inner
+                .runs
+                .values()
+                .map(|r| {
+                    (
+                        r.id(),
+                        r.record.name.clone(),
+                        r.generation(),
+                        r.record.best_fitness,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Hands back leases a worker will not finish; returns how many were live and its own.
+    pub fn release(&self, worker_id: &str, lease_ids: &[String]) -> Result<u32, CoordError> {
+        if lease_ids.len() > MAX_RELEASE {
+            return Err(CoordError::InvalidArgument(format!(
+                "lease_ids has {} entries; at most {MAX_RELEASE}",
+                lease_ids.len()
+            )));
+        }
+        let mut inner = self.lock();
+        if !inner.book.knows_worker(worker_id) {
+            return Err(unknown_worker(worker_id));
+        }
+        let released = lease_ids
+            .iter()
+            .filter(|id| inner.book.hand_back(worker_id, id))
+            .count() as u32;
+        drop(inner);
+        if released > 0 {
+            self.work.notify_waiters();
+        }
+        Ok(released)
     }
 
     pub fn lease_ttl(&self) -> Duration {
@@ -238,9 +291,23 @@ impl Coordinator {
     }
 
     pub fn report(&self, req: ReportRequest) -> Result<ReportResponse, CoordError> {
+        let result = self.try_report(req);
+        if result.is_err() {
+            self.lock().book.counters.reports_rejected += 1;
+        }
+        result
+    }
+
+    fn try_report(&self, req: ReportRequest) -> Result<ReportResponse, CoordError> {
         let key = req
             .key
             .ok_or_else(|| CoordError::InvalidArgument("key is missing".into()))?;
+        if !(req.eval_seconds.is_finite() && req.eval_seconds >= 0.0) {
+            return Err(CoordError::InvalidArgument(format!(
+                "eval_seconds = {}: must be a finite number >= 0",
+                req.eval_seconds
+            )));
+        }
         let ignored = |note: String| {
             tracing::debug!(unit = %unit_id(&key), %note, "report ignored");
             Ok(ReportResponse {
@@ -330,11 +397,20 @@ impl Coordinator {
             worker_name,
             eval_seconds: req.eval_seconds,
             received_unix_ms: now_unix_ms(),
-            fitness: req.fitness,
+            // proto3 does not store a field equal to its default, and -0.0 == 0.0: a stored
+            // -0.0 comes back as +0.0 after a restart. Telling the strategy +0.0 from the
+            // start keeps a resumed run bit for bit equal to an uninterrupted one.
+            fitness: if req.fitness == 0.0 { 0.0 } else { req.fitness },
         };
         self.store.put_eval(&eval)?;
+        if !eval.fitness.is_finite() {
+            tracing::warn!(unit = %unit_id(&key), worker = %req.worker_id, fitness = eval.fitness, "evaluation failed (non-finite fitness); recorded and ranked last");
+            inner.book.counters.evaluations_failed += 1;
+        }
         inner.book.release(&req.lease_id);
         inner.book.completed_by(&req.worker_id);
+        inner.book.counters.units_completed += 1;
+        inner.book.counters.latency.observe(eval.eval_seconds);
         let run = inner.runs.get_mut(&key.run_id).expect("checked above");
         let mut told = None;
         if run.record_result(eval) {
@@ -375,6 +451,9 @@ impl Coordinator {
         }
     }
 }
+
+/// Most leases one `Release` call may name (a worker holds at most 1024 slots).
+const MAX_RELEASE: usize = 1024;
 
 pub fn status_name(status: i32) -> &'static str {
     match RunStatus::try_from(status).unwrap_or(RunStatus::Unspecified) {

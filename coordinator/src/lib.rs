@@ -1,10 +1,12 @@
 //! The namm coordinator: runs CMA-ES, leases work units to pull-based workers, persists every
 //! generation in sled.
 
+pub mod auth;
 pub mod book;
 pub mod cmaes;
 pub mod coordinator;
 pub mod error;
+pub mod metrics;
 pub mod queries;
 pub mod run;
 pub mod seed;

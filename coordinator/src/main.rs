@@ -1,7 +1,7 @@
 //! `namm-coord`: the coordinator binary.
 
 use clap::{Parser, Subcommand};
-use namm_coord::server::{serve, ServeOptions};
+use namm_coord::server::{serve, ServeOptions, TlsFiles};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,29 @@ enum Command {
         /// Exit once no run is in flight (for scripts and tests).
         #[arg(long)]
         exit_when_done: bool,
+        /// Shared secret every client must send (`authorization: Bearer TOKEN`).
+        #[arg(
+            long,
+            env = "NAMM_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Serve a non-loopback address without a token (trusted networks only).
+        #[arg(long)]
+        insecure: bool,
+        /// TLS certificate chain (PEM); with --tls-key, serves gRPC over TLS.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
 }
 
@@ -63,7 +86,14 @@ async fn main() -> anyhow::Result<()> {
             lease_ttl_ms,
             max_lease_ms,
             exit_when_done,
+            token,
+            token_file,
+            insecure,
+            tls_cert,
+            tls_key,
+            metrics,
         } => {
+            let token = namm_worker::auth::resolve_token(token, token_file.as_deref())?;
             if lease_ttl_ms < 100 {
                 anyhow::bail!("--lease-ttl-ms {lease_ttl_ms}: must be at least 100");
             }
@@ -75,6 +105,12 @@ async fn main() -> anyhow::Result<()> {
                 lease_ttl: Duration::from_millis(lease_ttl_ms),
                 max_lease: Duration::from_millis(max_lease_ms),
                 exit_when_done,
+                token,
+                insecure,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| TlsFiles { cert, key }),
+                metrics,
             })
             .await
         }

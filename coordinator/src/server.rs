@@ -1,6 +1,8 @@
-//! Serving: binds the gRPC services, expires leases, runs local workers, stops on a signal
-//! (or, with `exit_when_done`, once no run is left in flight).
+//! Serving: binds the gRPC services (token-checked, optionally over TLS), expires leases,
+//! serves metrics, runs local workers, stops on a signal (or, with `exit_when_done`, once no
+//! run is left in flight): leases stop, in-flight calls drain, sled is flushed.
 
+use crate::auth::TokenCheck;
 use crate::coordinator::Coordinator;
 use crate::service::Services;
 use crate::store::Store;
@@ -12,9 +14,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 
-/// Largest gRPC message accepted or sent: a NAMM-sized state or population is a few MB.
+/// Largest gRPC message sent: a generation with its evaluations, a NAMM-sized population.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Largest gRPC message accepted: requests are small (a report, a run spec of at most
+/// `namm::spec::MAX_SPEC_BYTES`), so anything bigger is refused before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// PEM files of the coordinator's TLS certificate (chain) and private key.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -24,9 +37,27 @@ pub struct ServeOptions {
     pub lease_ttl: Duration,
     pub max_lease: Duration,
     pub exit_when_done: bool,
+    /// Shared secret every call must carry; None accepts every call.
+    pub token: Option<String>,
+    /// Allow listening on a non-loopback address without a token.
+    pub insecure: bool,
+    pub tls: Option<TlsFiles>,
+    /// Where to serve Prometheus metrics over plain HTTP.
+    pub metrics: Option<SocketAddr>,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    if opts.token.is_none() && !opts.listen.ip().is_loopback() && !opts.insecure {
+        anyhow::bail!(
+            "--listen {}: refusing to serve a non-loopback address without a token \
+             (give --token, NAMM_TOKEN or --token-file; or --insecure on a trusted network)",
+            opts.listen
+        );
+    }
+    let tls = match &opts.tls {
+        Some(files) => Some(tls_config(files)?),
+        None => None,
+    };
     let store = Store::open(&opts.db)?;
     let coord = Coordinator::open(store, opts.lease_ttl, opts.max_lease)
         .with_context(|| format!("resuming the runs in {}", opts.db.display()))?;
@@ -40,6 +71,25 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("namm-coord listening on {addr}");
     tracing::info!(%addr, db = %opts.db.display(), "coordinator serving");
+
+    if opts.token.is_none() {
+        tracing::warn!("no token: every client that reaches this address is trusted");
+    }
+
+    let metrics = match opts.metrics {
+        Some(a) => {
+            let (bound, listener) = crate::metrics::bind(a)
+                .await
+                .with_context(|| format!("--metrics {a}: cannot listen there"))?;
+            println!("namm-coord metrics on http://{bound}/metrics");
+            let coord = coord.clone();
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::new(move || crate::metrics::render(&coord.metrics())),
+            )))
+        }
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper = {
@@ -64,6 +114,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let cfg = namm_worker::WorkerConfig {
             coordinator: connect_to.to_string(),
             name: format!("local-{i}"),
+            auth: namm_worker::auth::ClientAuth {
+                token: opts.token.clone(),
+                // A self-signed certificate is its own CA; with a CA-issued one, local workers
+                // need that CA in the system's trust store's place, which they do not read.
+                tls_ca: opts.tls.as_ref().map(|t| t.cert.clone()),
+            },
             ..namm_worker::WorkerConfig::default()
         };
         let mut stop = stop_rx.clone();
@@ -91,17 +147,26 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             coord.close();
         }
     };
-    tonic::transport::Server::builder()
-        .add_service(
+    let check = TokenCheck::new(opts.token.as_deref());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("TLS configuration refused")?;
+    }
+    builder
+        .add_service(InterceptedService::new(
             WorkerServiceServer::new(services.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
             RunServiceServer::new(services)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            check,
+        ))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY small replies wait for delayed ACKs: ~40 ms per round trip.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -115,8 +180,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let _ = l.await;
     }
     reaper.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     coord.store.flush()?;
+    tracing::info!("database flushed; coordinator stopped");
     Ok(())
+}
+
+fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
+    let cert = std::fs::read(&files.cert)
+        .with_context(|| format!("--tls-cert {}: cannot read it", files.cert.display()))?;
+    let key = std::fs::read(&files.key)
+        .with_context(|| format!("--tls-key {}: cannot read it", files.key.display()))?;
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
 }
 
 /// Submits a run spec file unless the database already holds a run with the same spec, so

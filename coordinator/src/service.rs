@@ -13,6 +13,9 @@ use tonic::{Request, Response, Status};
 
 /// Longest a `Lease` call may wait for work before answering empty.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
+/// Longest worker name, device or version string kept in the worker table.
+const MAX_LABEL_BYTES: usize = 256;
+const MAX_MODELS: usize = 64;
 
 #[derive(Clone)]
 pub struct Services(pub Arc<Coordinator>);
@@ -26,6 +29,24 @@ impl WorkerService for Services {
         let r = req.into_inner();
         if r.name.trim().is_empty() {
             return Err(Status::invalid_argument("name is empty"));
+        }
+        for (field, value) in [
+            ("name", &r.name),
+            ("device", &r.device),
+            ("version", &r.version),
+        ] {
+            if value.len() > MAX_LABEL_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "{field} is {} bytes; at most {MAX_LABEL_BYTES}",
+                    value.len()
+                )));
+            }
+        }
+        if r.model_sha256.len() > MAX_MODELS {
+            return Err(Status::invalid_argument(format!(
+                "model_sha256 has {} entries; at most {MAX_MODELS}",
+                r.model_sha256.len()
+            )));
         }
         let worker_id = self.0.register(WorkerInfo {
             name: r.name,
@@ -68,6 +89,12 @@ impl WorkerService for Services {
                 Err(e.into())
             }
         }
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Res<ReleaseResponse> {
+        let r = req.into_inner();
+        let released = self.0.release(&r.worker_id, &r.lease_ids)?;
+        Ok(Response::new(ReleaseResponse { released }))
     }
 }
 
@@ -134,6 +161,7 @@ impl RunService for Services {
         let id = r.run_id;
         // Subscribe before reading history so no generation falls between the two.
         let mut live = self.0.subscribe();
+        let mut closing = self.0.closing();
         let run = self
             .0
             .store
@@ -164,7 +192,12 @@ impl RunService for Services {
                 return;
             }
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    // The coordinator is stopping: end the stream so the server can drain.
+                    _ = closing.wait_for(|c| *c) => return,
+                };
+                match received {
                     Ok(ev) => {
                         let Some(run) = ev.run.as_ref().filter(|r| r.run_id == id) else {
                             continue;

@@ -4,9 +4,16 @@
 use crate::objective::Benchmark;
 use serde::{Deserialize, Serialize};
 
-/// Upper bounds that keep a run spec from asking the coordinator for absurd memory.
-pub const MAX_DIM: usize = 100_000;
+/// Upper bounds that keep a run spec from asking the coordinator for absurd memory: the
+/// covariance is dim² doubles (MAX_DIM: 800 MB), a generation population × dim doubles.
+pub const MAX_DIM: usize = 10_000;
 pub const MAX_POPULATION: usize = 100_000;
+/// population × dim: 128 MiB of candidates per generation, well inside a gRPC message.
+pub const MAX_GENERATION_VALUES: usize = 1 << 24;
+pub const MAX_GENERATIONS: u32 = 100_000_000;
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest run spec text accepted (a NAMM spec with an explicit x0 is a few hundred KB).
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,6 +119,13 @@ pub fn default_population(dim: usize) -> usize {
 impl RunSpec {
     /// Parses and validates a run spec; the result has its name filled in.
     pub fn from_toml(text: &str) -> Result<RunSpec, SpecError> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(SpecError::Invalid {
+                field: "spec",
+                value: format!("{} bytes", text.len()),
+                reason: format!("a run spec is at most {MAX_SPEC_BYTES} bytes"),
+            });
+        }
         let mut spec: RunSpec =
             toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string().trim().to_string()))?;
         if spec.name.trim().is_empty() {
@@ -146,6 +160,13 @@ impl RunSpec {
             value,
             reason: reason.to_string(),
         };
+        if self.name.len() > MAX_NAME_BYTES || self.name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name",
+                format!("{:?}", self.name.chars().take(40).collect::<String>()),
+                &format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
+            ));
+        }
         let dim = self.objective.dim;
         if dim == 0 || dim > MAX_DIM {
             return Err(invalid(
@@ -162,6 +183,16 @@ impl RunSpec {
                     &format!("must be between 2 and {MAX_POPULATION}"),
                 ));
             }
+        }
+        let population = self.population();
+        if population.saturating_mul(dim) > MAX_GENERATION_VALUES {
+            return Err(invalid(
+                "strategy.population",
+                population.to_string(),
+                &format!(
+                    "population × objective.dim = {population} × {dim} exceeds {MAX_GENERATION_VALUES} values per generation"
+                ),
+            ));
         }
         let sigma0 = self.strategy.sigma0;
         if !(sigma0.is_finite() && sigma0 > 0.0) {
@@ -193,11 +224,11 @@ impl RunSpec {
             }
             X0::Scalar(_) => {}
         }
-        if self.stop.max_generations == 0 {
+        if self.stop.max_generations == 0 || self.stop.max_generations > MAX_GENERATIONS {
             return Err(invalid(
                 "stop.max_generations",
-                "0".into(),
-                "must be at least 1",
+                self.stop.max_generations.to_string(),
+                &format!("must be between 1 and {MAX_GENERATIONS}"),
             ));
         }
         if self.stop.target_fitness.is_nan() {
@@ -278,6 +309,16 @@ target_fitness = -1e-8
             ("[strategy]\nx0 = [1.0, 2.0]", "strategy.x0"),
             ("[stop]\nmax_generations = 0", "stop.max_generations"),
             ("[stop]\ntarget_fitness = nan", "stop.target_fitness"),
+            ("[objective]\ndim = 10001", "objective.dim"),
+            (
+                "[objective]\ndim = 10000\n[strategy]\npopulation = 5000",
+                "strategy.population",
+            ),
+            (
+                "[stop]\nmax_generations = 4000000000",
+                "stop.max_generations",
+            ),
+            ("name = \"a\\u0000b\"", "name"),
         ];
         for (text, field) in cases {
             let err = RunSpec::from_toml(text).unwrap_err();
@@ -285,6 +326,18 @@ target_fitness = -1e-8
         }
         let err = RunSpec::from_toml("[strategy]\nsigma0 = -1.0").unwrap_err();
         assert!(err.to_string().contains("-1"), "{err}");
+    }
+
+    #[test]
+    fn oversized_specs_and_names_are_refused() {
+        let long = format!("name = \"{}\"", "x".repeat(MAX_NAME_BYTES + 1));
+        assert!(RunSpec::from_toml(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("`name`"));
+        let huge = format!("# {}\n", "x".repeat(MAX_SPEC_BYTES));
+        let err = RunSpec::from_toml(&huge).unwrap_err().to_string();
+        assert!(err.contains("`spec`") && err.contains("bytes"), "{err}");
     }
 
     #[test]

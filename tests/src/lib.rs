@@ -84,12 +84,38 @@ impl Proc {
         }
     }
 
+    /// Guards a child started elsewhere (its output is not captured).
+    pub fn adopt(name: &str, child: Child, log_dir: &Path) -> Proc {
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log: log_dir.join(format!("{name}.log")),
+        }
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM: asks the process to stop gracefully (it keeps running until it exits).
+    pub fn terminate(&self) {
+        if let Some(c) = self.child.as_ref() {
+            let status = Command::new("kill")
+                .args(["-s", "TERM", &c.id().to_string()])
+                .status()
+                .expect("cannot run kill");
+            assert!(status.success(), "kill -s TERM {} failed", c.id());
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits for the process to exit on its own; None on timeout.

@@ -1,20 +1,27 @@
 //! The worker loop: register with the coordinator, heartbeat, lease units, evaluate them,
 //! report. It never gives up on the coordinator: when it is unreachable the loop backs off and
 //! retries, and when it comes back (possibly restarted, having forgotten this worker) the
-//! worker registers again and carries on.
+//! worker registers again and carries on. When it is told to stop it hands the units it
+//! holds back to the coordinator, so they go out again at once instead of after a timeout.
 
+pub mod auth;
 mod evaluate;
 
 pub use evaluate::{evaluate, shard_fitness};
 
+use auth::{AuthChannel, ClientAuth};
 use namm_proto::worker_service_client::WorkerServiceClient;
-use namm_proto::{HeartbeatRequest, LeaseRequest, RegisterRequest, ReportRequest, WorkUnit};
+use namm_proto::{
+    HeartbeatRequest, LeaseRequest, RegisterRequest, ReleaseRequest, ReportRequest, WorkUnit,
+};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+
+type Client = WorkerServiceClient<AuthChannel>;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -25,6 +32,7 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Extra time spent on every evaluation, to emulate a slow objective in tests and demos.
     pub eval_delay: Duration,
+    pub auth: ClientAuth,
 }
 
 impl Default for WorkerConfig {
@@ -34,6 +42,7 @@ impl Default for WorkerConfig {
             name: default_name(),
             slots: 1,
             eval_delay: Duration::ZERO,
+            auth: ClientAuth::default(),
         }
     }
 }
@@ -47,9 +56,21 @@ pub fn default_name() -> String {
 }
 
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// The coordinator refuses requests above 16 MiB; a report is far smaller.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 const LEASE_WAIT_MS: u32 = 2_000;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long a stopping worker waits for the coordinator to take its units back.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The session's worker id and the leases it holds, for the hand-back at shutdown.
+#[derive(Default)]
+struct Held {
+    worker_id: String,
+    leases: BTreeSet<String>,
+}
 
 /// Why a session with the coordinator ended.
 enum SessionEnd {
@@ -63,32 +84,40 @@ enum SessionEnd {
 /// Runs the worker until `shutdown` completes.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let url = if cfg.coordinator.contains("://") {
-        cfg.coordinator.clone()
-    } else {
-        format!("http://{}", cfg.coordinator)
-    };
-    let endpoint = match Endpoint::from_shared(url.clone()) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+    let url = cfg.coordinator.clone();
+    let endpoint = match cfg.auth.endpoint(&url) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)),
         Err(e) => {
-            tracing::error!(coordinator = %url, error = %e, "invalid coordinator address");
+            tracing::error!(coordinator = %url, error = %format!("{e:#}"), "cannot set up the connection");
             return;
         }
     };
-    let client = WorkerServiceClient::new(endpoint.connect_lazy())
+    let client = WorkerServiceClient::new(cfg.auth.wrap(endpoint.connect_lazy()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let held = Arc::new(Mutex::new(Held::default()));
     let mut backoff = BACKOFF_START;
     loop {
         let end = tokio::select! {
             _ = &mut shutdown => SessionEnd::Shutdown,
-            end = session(&cfg, client.clone(), &mut backoff) => end,
+            end = session(&cfg, client.clone(), &mut backoff, held.clone()) => end,
         };
         match end {
-            SessionEnd::Shutdown => return,
+            SessionEnd::Shutdown => {
+                hand_back(client.clone(), &held).await;
+                return;
+            }
             SessionEnd::Forgotten => {
                 tracing::warn!("coordinator forgot this worker; registering again");
                 backoff = BACKOFF_START;
+            }
+            SessionEnd::Unreachable(status) if status.code() == Code::Unauthenticated => {
+                tracing::error!(coordinator = %url, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator refused this worker's token (check --token / NAMM_TOKEN / --token-file)");
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
             SessionEnd::Unreachable(status) => {
                 tracing::warn!(coordinator = %url, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
@@ -102,10 +131,38 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
     }
 }
 
+/// Gives the units of an interrupted session back (the session's evaluation tasks are already
+/// aborted, so none of them reports after this).
+async fn hand_back(mut client: Client, held: &Mutex<Held>) {
+    let (worker_id, lease_ids) = {
+        let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+        (h.worker_id.clone(), std::mem::take(&mut h.leases))
+    };
+    if lease_ids.is_empty() {
+        tracing::info!("stopping; no unit in hand");
+        return;
+    }
+    let n = lease_ids.len();
+    let call = client.release(ReleaseRequest {
+        worker_id,
+        lease_ids: lease_ids.into_iter().collect(),
+    });
+    match tokio::time::timeout(HAND_BACK_TIMEOUT, call).await {
+        Ok(Ok(r)) => tracing::info!(
+            held = n,
+            released = r.into_inner().released,
+            "stopping; units handed back to the coordinator"
+        ),
+        Ok(Err(s)) => tracing::warn!(held = n, error = %s.message(), "stopping; hand-back refused, the units go out again when their leases expire"),
+        Err(_) => tracing::warn!(held = n, "stopping; coordinator did not answer the hand-back, the units go out again when their leases expire"),
+    }
+}
+
 async fn session(
     cfg: &WorkerConfig,
-    mut client: WorkerServiceClient<Channel>,
+    mut client: Client,
     backoff: &mut Duration,
+    held: Arc<Mutex<Held>>,
 ) -> SessionEnd {
     let reg = match client
         .register(RegisterRequest {
@@ -125,6 +182,10 @@ async fn session(
         Err(s) => return SessionEnd::Unreachable(s),
     };
     let worker_id = reg.worker_id;
+    *held.lock().unwrap_or_else(|e| e.into_inner()) = Held {
+        worker_id: worker_id.clone(),
+        leases: BTreeSet::new(),
+    };
     *backoff = BACKOFF_START;
     tracing::info!(worker = %worker_id, name = %cfg.name, "registered with the coordinator");
 
@@ -170,17 +231,29 @@ async fn session(
             Err(s) if s.code() == Code::NotFound => return SessionEnd::Forgotten,
             Err(s) => return SessionEnd::Unreachable(s),
         };
+        held.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leases
+            .extend(units.iter().map(|u| u.lease_id.clone()));
+        // Aborted when the session is dropped (shutdown), so no report races the hand-back.
         let mut tasks = Vec::with_capacity(units.len());
         for unit in units {
             let client = client.clone();
             let worker_id = worker_id.clone();
             let delay = cfg.eval_delay;
-            tasks.push(tokio::spawn(async move {
-                evaluate_and_report(client, worker_id, unit, delay).await
-            }));
+            let held = held.clone();
+            tasks.push(AbortOnDrop(tokio::spawn(async move {
+                let lease_id = unit.lease_id.clone();
+                let end = evaluate_and_report(client, worker_id, unit, delay).await;
+                held.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .leases
+                    .remove(&lease_id);
+                end
+            })));
         }
-        for t in tasks {
-            match t.await {
+        for mut t in tasks {
+            match (&mut t.0).await {
                 Ok(Some(end)) => return end,
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "evaluation task failed"),
@@ -190,7 +263,7 @@ async fn session(
 }
 
 async fn evaluate_and_report(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: Client,
     worker_id: String,
     unit: WorkUnit,
     delay: Duration,
@@ -198,7 +271,9 @@ async fn evaluate_and_report(
     let started = Instant::now();
     let unit_id = unit.unit_id.clone();
     let lease_id = unit.lease_id.clone();
+    let lease_log = lease_id.clone();
     let key = unit.key;
+    tracing::debug!(unit = %unit_id, lease = %lease_id, "evaluating");
     let items = match tokio::task::spawn_blocking(move || {
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -215,6 +290,7 @@ async fn evaluate_and_report(
     };
     let eval_seconds = started.elapsed().as_secs_f64();
     let fitness = shard_fitness(&items);
+    let reporting = Instant::now();
     let r = client
         .report(ReportRequest {
             worker_id,
@@ -229,7 +305,14 @@ async fn evaluate_and_report(
         Ok(resp) => {
             let resp = resp.into_inner();
             if resp.accepted {
-                tracing::debug!(unit = %unit_id, eval_seconds, "reported");
+                tracing::info!(
+                    unit = %unit_id,
+                    lease = %lease_log,
+                    eval_ms = (eval_seconds * 1e3) as u64,
+                    report_ms = reporting.elapsed().as_millis() as u64,
+                    fitness,
+                    "unit done"
+                );
             } else {
                 tracing::info!(unit = %unit_id, note = %resp.note, "report not needed");
             }
@@ -253,9 +336,9 @@ async fn evaluate_and_report(
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

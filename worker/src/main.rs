@@ -1,7 +1,9 @@
 //! `namm-worker`: the worker daemon.
 
 use clap::Parser;
+use namm_worker::auth::{resolve_token, ClientAuth};
 use namm_worker::WorkerConfig;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -23,10 +25,23 @@ struct Cli {
     /// Add this much time to every evaluation (emulates a slow objective in tests and demos).
     #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
     eval_delay_ms: u64,
+    /// Shared secret of the coordinator (sent as `authorization: Bearer TOKEN`).
+    #[arg(
+        long,
+        env = "NAMM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the token from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA (or self-signed certificate) in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -42,12 +57,19 @@ async fn main() -> anyhow::Result<()> {
         name: cli.name.unwrap_or_else(namm_worker::default_name),
         slots: cli.slots,
         eval_delay: Duration::from_millis(cli.eval_delay_ms),
+        auth: ClientAuth {
+            token: resolve_token(cli.token, cli.token_file.as_deref())?,
+            tls_ca: cli.tls_ca,
+        },
     };
-    namm_worker::run(cfg, async {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(namm_worker::run(cfg, async {
         stop_signal().await;
-        tracing::info!("stopping; units in hand go back to the queue when their leases expire");
-    })
-    .await;
+        tracing::info!("signal received; handing back the units in hand");
+    }));
+    // An evaluation of a handed-back unit may still be running on a blocking thread; its
+    // result is no longer wanted, so the process does not wait for it.
+    rt.shutdown_timeout(Duration::from_millis(500));
     Ok(())
 }
 
