@@ -5,6 +5,7 @@
 mod cache;
 mod decode;
 mod session;
+mod softmax;
 mod stats;
 
 use std::time::Instant;

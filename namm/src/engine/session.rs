@@ -4,10 +4,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::cache::LayerCache;
-use super::decode;
 use super::stats::InvocationStats;
+use super::{decode, softmax};
 use super::{EngineError, Result, CHUNK, POLICY_PERIOD};
-use crate::model::Model;
+use crate::model::{Model, WeightFormat};
 use crate::policy::{LayerView, MemoryPolicy, PolicyInputs};
 
 /// Attention rows of one chunk for one layer, `[H][rows][cols]`, cols = N when it ran.
@@ -188,13 +188,14 @@ impl<'m> Session<'m> {
         let (c, pos0) = (ids.len(), self.tokens_seen);
         let (h, g, d) = (cfg.n_kv_heads, cfg.group_size(), cfg.head_dim);
         let mut masks: HashMap<usize, Tensor> = HashMap::new();
+        let exact = exact_attention(model);
         let mut x = model.embed(ids)?;
         for layer in 0..cfg.n_layers {
             let (q, k, v) = model.qkv(layer, &x, pos0)?;
             let cache = &mut self.caches[layer];
             cache.append(&k, &v, pos0)?;
             let n = cache.len();
-            let decoded = if c == 1 {
+            let decoded = if c == 1 && !exact {
                 let dims = decode::Dims {
                     heads: h,
                     group: g,
@@ -270,24 +271,38 @@ impl<'m> Session<'m> {
         // Query head h·G + g reads KV head h (HF repeat_kv order), so [Hq, c, D] is
         // [H, G·c, D] with rows g·c + i: one batched matmul per KV head, no K/V copies.
         let q = q.reshape((h, g * c, d))?;
-        let mut att = (q.matmul(&cache.keys()?.t()?)? / (d as f64).sqrt())?;
-        if c > 1 {
-            let mask = match masks.get(&n) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = causal_mask(g, c, n, self.model.device())?;
-                    masks.insert(n, m.clone());
-                    m
-                }
-            };
-            att = att.broadcast_add(&mask)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let mean = if self.record_attention {
-            let mean = (att.reshape((h, g, c, n))?.sum(1)? / g as f64)?;
-            Some(mean.flatten_all()?.to_vec1()?)
+        let device = self.model.device();
+        let (att, mean) = if !exact_attention(self.model) {
+            // Scaling q instead of the scores is exact for power-of-4 head dims (64).
+            let q = (q * (1.0 / (d as f64).sqrt()))?;
+            let mut p = q
+                .matmul(&cache.keys()?.t()?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            softmax::causal_softmax(&mut p, n, c);
+            let mean = self.record_attention.then(|| group_mean(&p, h, g, c, n));
+            (Tensor::from_vec(p, (h, g * c, n), device)?, mean)
         } else {
-            None
+            let mut att = (q.matmul(&cache.keys()?.t()?)? / (d as f64).sqrt())?;
+            if c > 1 {
+                let mask = match masks.get(&n) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = causal_mask(g, c, n, device)?;
+                        masks.insert(n, m.clone());
+                        m
+                    }
+                };
+                att = att.broadcast_add(&mask)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let mean = if self.record_attention {
+                let mean = (att.reshape((h, g, c, n))?.sum(1)? / g as f64)?;
+                Some(mean.flatten_all()?.to_vec1()?)
+            } else {
+                None
+            };
+            (att, mean)
         };
         let y = att.matmul(&cache.values()?)?.reshape((cfg.n_heads, c, d))?;
         Ok((y, mean))
@@ -359,6 +374,32 @@ fn causal_mask(g: usize, c: usize, n: usize, device: &candle_core::Device) -> Re
         }
     }
     Ok(Tensor::from_vec(m, (g * c, n), device)?)
+}
+
+/// With GGUF weights as stored, attention runs on candle's ops exactly as `quantized_llama`
+/// does: the quantised matmuls round activations to 8 bits, so even last-bit differences in
+/// attention flip roundings and move logits by tenths. The other formats (and CPU only) use
+/// the faster direct decode attention and vectorised softmax.
+fn exact_attention(model: &Model) -> bool {
+    model.format() == WeightFormat::Gguf || !model.device().is_cpu()
+}
+
+/// `[H][c][N]`: the mean over each KV head's G query heads of `p: [H][G·c][N]`.
+fn group_mean(p: &[f32], h: usize, g: usize, c: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; h * c * n];
+    for head in 0..h {
+        let dst = &mut out[head * c * n..(head + 1) * c * n];
+        for gi in 0..g {
+            let src = &p[(head * g + gi) * c * n..(head * g + gi + 1) * c * n];
+            for (o, x) in dst.iter_mut().zip(src) {
+                *o += x;
+            }
+        }
+        for o in dst.iter_mut() {
+            *o /= g as f32;
+        }
+    }
+    out
 }
 
 /// `[H][n_new][N]` from the buffered chunks, earlier chunks right-padded with zeros.
