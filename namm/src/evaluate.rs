@@ -81,7 +81,7 @@ impl Evaluator {
         };
         let model = Model::load(path, device, format).map_err(|source| EvalError::Model {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self::new(model, tokenizer, add_bos))
     }
@@ -122,7 +122,7 @@ impl Evaluator {
                     .map_err(|source| EvalError::Task {
                         task: task.spec().to_string(),
                         index,
-                        source,
+                        source: Box::new(source),
                     })
             })
             .collect()
@@ -237,7 +237,7 @@ impl Evaluator {
             let prefix_err = |source| EvalError::Prefix {
                 sample: sample.id.clone(),
                 tokens: prefix_len,
-                source,
+                source: Box::new(source),
             };
             let start = Instant::now();
             let mut session = Session::new(&self.model, inputs).map_err(prefix_err)?;
@@ -265,7 +265,7 @@ impl Evaluator {
             .map_err(|source| EvalError::Generate {
                 sample: sample.id.clone(),
                 policy: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             if prefix.is_some() {
                 let s = &generation.stats;

@@ -7,6 +7,7 @@ use crate::model::ModelError;
 use crate::tasks::TaskError;
 use crate::tokenizer::TokenizerError;
 
+/// Large sources are boxed so that `Result<_, EvalError>` stays small on the happy path.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error(
@@ -18,7 +19,7 @@ pub enum EvalError {
     Model {
         path: PathBuf,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     #[error("building the tokenizer of {path}")]
     Tokenizer {
@@ -41,7 +42,7 @@ pub enum EvalError {
         task: String,
         index: u64,
         #[source]
-        source: TaskError,
+        source: Box<TaskError>,
     },
     #[error("sample {sample}: tokenizing the prompt")]
     Encode {
@@ -65,14 +66,14 @@ pub enum EvalError {
         sample: String,
         tokens: usize,
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
     #[error("sample {sample}, policy {policy}: generation failed")]
     Generate {
         sample: String,
         policy: String,
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
     #[error("sample {sample}, policy {policy}: decoding the generated tokens")]
     Decode {
