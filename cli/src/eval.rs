@@ -66,9 +66,10 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// How the weights are held: gguf (as stored: llama.cpp's numbers), f32, q8_0 or
-    /// f32+q8_0 (faster on CPU, more memory)
-    #[arg(long, default_value = "gguf", value_parser = parse_format)]
+    /// How the weights are held: f32+gguf (f32 prefill, the file's own blocks for decode: the
+    /// fastest on CPU, ~4.6 bytes per weight), gguf (as stored, candle's kernels: exactly
+    /// candle's quantized_llama numbers, ~10x slower), f32, q8_0 or f32+q8_0
+    #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
     pub format: WeightFormat,
     /// Prefill every policy's prompt from scratch instead of sharing the part before the
     /// first policy invocation (same results, slower)

@@ -25,7 +25,11 @@ use source::Source;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "namm", version, about = "Evolve and evaluate Neural Attention Memory Models: drive a namm cluster, query its history, compare memory policies on a local model")]
+#[command(
+    name = "namm",
+    version,
+    about = "Evolve and evaluate Neural Attention Memory Models: drive a namm cluster, query its history, compare memory policies on a local model"
+)]
 struct Cli {
     /// Coordinator to talk to [default: 127.0.0.1:50051].
     #[arg(
