@@ -5,7 +5,7 @@
 //! `cargo build --release -p namm-coord -p namm-worker -p namm-cli`.
 
 use serde_json::Value;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -178,7 +178,9 @@ impl Cluster {
     }
 
     /// Starts `namm-coord start` on this cluster's port and database and waits until it
-    /// accepts connections.
+    /// accepts connections: until its log says it is serving. A TCP probe is not enough: on
+    /// loopback a connect to a port in the ephemeral range can pick that same port as its
+    /// source and connect to itself, "succeeding" before the coordinator has bound.
     pub fn coordinator(&self, name: &str, extra: &[&str]) -> Proc {
         let mut args: Vec<String> = vec![
             "start".into(),
@@ -188,9 +190,15 @@ impl Cluster {
             self.db().display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        const SERVING: &str = "coordinator serving";
+        let log = self.dir.path().join(format!("{name}.log"));
+        let served_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(SERVING)
+            .count();
         let mut p = Proc::spawn(name, &bin("namm-coord"), &args, self.dir.path());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while p.log().matches(SERVING).count() <= served_before {
             if let Some(status) = p.wait_exit(Duration::from_millis(1)) {
                 panic!("{name} exited early ({status}):\n{}", p.log());
             }
