@@ -6,7 +6,9 @@
 //! `f32+gguf`), `NAMM_BENCH_LENGTHS` (default `512,1024,2048,4096`), `NAMM_BENCH_DECODE`
 //! (tokens generated per run, default 64), `NAMM_MODEL`.
 
-use std::path::PathBuf;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
 use candle_core::Device;
@@ -69,19 +71,7 @@ fn main() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
     }
-    let path = std::env::var_os("NAMM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
-    assert!(
-        path.exists(),
-        "model file {} not found: run scripts/fetch-model.sh (or set NAMM_MODEL)",
-        path.display()
-    );
+    let path = common::model_path();
     let formats: Vec<WeightFormat> = env_list("NAMM_BENCH_FORMATS", "f32+gguf");
     let lengths: Vec<usize> = env_list("NAMM_BENCH_LENGTHS", "512,1024,2048,4096");
     let decode: usize = std::env::var("NAMM_BENCH_DECODE")

@@ -2,7 +2,9 @@
 //! weight formats, eviction correctness against a masked reference, the invocation schedule
 //! of spec §2, long positions, forking a shared prefix, and loading errors.
 
-use std::path::PathBuf;
+mod common;
+use common::model_path;
+
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::quantized::gguf_file;
@@ -10,23 +12,6 @@ use candle_core::{Device, Tensor};
 use namm::engine::{Engine, EngineError, GenerateOptions, Session, StopReason};
 use namm::model::{Model, ModelError, WeightFormat};
 use namm::policy::{LayerView, MemoryPolicy, PolicyInputs};
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("NAMM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
-    assert!(
-        path.exists(),
-        "model file {} not found: run scripts/fetch-model.sh (or set NAMM_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn model(format: WeightFormat) -> &'static Model {
     static MODELS: OnceLock<Mutex<Vec<(WeightFormat, &'static Model)>>> = OnceLock::new();

@@ -1,7 +1,10 @@
 //! The evaluation harness on the real default GGUF: short passkey prompts (600 and 1100
 //! tokens, two samples each) under the full cache and two budget baselines.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::model_path;
+
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::Device;
@@ -17,23 +20,6 @@ const TASKS: [&str; 2] = ["passkey:len=600", "passkey:len=1100"];
 const POLICIES: [&str; 3] = ["full", "h2o:budget=0.25", "snapkv:budget=0.25"];
 const SAMPLES: usize = 2;
 const SEED: u64 = 0;
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("NAMM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
-    assert!(
-        path.exists(),
-        "model file {} not found: run scripts/fetch-model.sh (or set NAMM_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn evaluator() -> &'static Evaluator {
     static EVALUATOR: OnceLock<Evaluator> = OnceLock::new();

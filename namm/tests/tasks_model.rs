@@ -1,24 +1,13 @@
 //! The task generators driven by the default model's real tokenizer: prompts land within a
 //! few percent of the requested length in model tokens, and the gold answer is in the prompt.
 
-use namm::tasks::{TaskSpec, TokenCounter};
-use namm::tokenizer::Tokenizer;
-use std::path::PathBuf;
+mod common;
 
-const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-);
+use namm::tasks::TaskSpec;
+use namm::tokenizer::Tokenizer;
 
 fn tokenizer() -> Tokenizer {
-    let path = std::env::var_os("NAMM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
-    assert!(
-        path.is_file(),
-        "model file {} not found: run scripts/fetch-model.sh (or point NAMM_MODEL at the GGUF)",
-        path.display()
-    );
+    let path = common::model_path();
     Tokenizer::from_gguf_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 

@@ -1,6 +1,9 @@
 //! The GGUF tokenizer against llama.cpp's ids for the default model, its chat format, streaming
 //! decode, and its handling of damaged files.
 
+mod common;
+use common::model_path;
+
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use namm::tokenizer::{read_gguf_content, ChatTemplate, Tokenizer, TokenizerError};
 use rand::{Rng, SeedableRng};
@@ -12,24 +15,8 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../spec/tokenizer/smollm2_llamacpp_ids.json"
 );
-const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-);
 const SMOLLM2_SYSTEM_TURN: &str =
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("NAMM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
-    assert!(
-        path.is_file(),
-        "model file {} not found: run scripts/fetch-model.sh (or point NAMM_MODEL at the GGUF)",
-        path.display()
-    );
-    path
-}
 
 fn tokenizer() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
