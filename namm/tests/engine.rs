@@ -137,7 +137,7 @@ impl MemoryPolicy for Recent {
 /// (p + h + l) % 4 == 0: a different set per head and layer, the same count for all heads
 /// when N is a multiple of 4.
 fn dropped(p: u32, head: usize, layer: usize) -> bool {
-    (p as usize + head + layer) % 4 == 0
+    (p as usize + head + layer).is_multiple_of(4)
 }
 
 struct DropPattern;
@@ -519,7 +519,7 @@ fn invocation_schedule_follows_spec() {
     assert_eq!(out.tokens.len(), 245);
     // 1300 prompt tokens + 244 generated tokens fed back.
     assert_eq!(out.stats.tokens_seen, 1544);
-    let keep_half = |n: usize| n.div_ceil(2) + usize::from(n % 2 == 0);
+    let keep_half = |n: usize| n.div_ceil(2) + usize::from(n.is_multiple_of(2));
     let n1 = 512;
     let n2 = keep_half(n1) + 512;
     let n3 = keep_half(n2) + 512;

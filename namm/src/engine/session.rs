@@ -166,7 +166,7 @@ impl<'m> Session<'m> {
             if tail.is_empty() {
                 logits = Some(self.model.logits(&hidden)?.to_vec1()?);
             }
-            if self.tokens_seen % POLICY_PERIOD == 0 {
+            if self.tokens_seen.is_multiple_of(POLICY_PERIOD) {
                 let p = policy
                     .as_deref_mut()
                     .ok_or(EngineError::PrefixReachesInvocation {

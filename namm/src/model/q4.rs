@@ -28,7 +28,7 @@ impl Q4Matrix {
     /// From the raw bytes of a GGUF Q4_1 tensor `[rows, cols]`: the stored weights, exactly.
     pub fn from_q4_1_bytes(raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
         let nb = rows * cols / BLOCK;
-        if cols % BLOCK != 0 || raw.len() != nb * Q4_1_BYTES {
+        if !cols.is_multiple_of(BLOCK) || raw.len() != nb * Q4_1_BYTES {
             return None;
         }
         let mut m = Self {

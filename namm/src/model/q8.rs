@@ -71,7 +71,7 @@ impl Q8Vector {
 impl Q8Matrix {
     /// `w`: row-major `[rows, cols]`; `None` unless cols is a multiple of 32.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Option<Self> {
-        if cols % BLOCK != 0 || w.len() != rows * cols {
+        if !cols.is_multiple_of(BLOCK) || w.len() != rows * cols {
             return None;
         }
         let mut qs = vec![0i8; w.len()];
@@ -93,7 +93,7 @@ impl Q8Matrix {
     pub fn from_q8_0_bytes(raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
         const BYTES: usize = 2 + BLOCK;
         let nb = rows * cols / BLOCK;
-        if cols % BLOCK != 0 || raw.len() != nb * BYTES {
+        if !cols.is_multiple_of(BLOCK) || raw.len() != nb * BYTES {
             return None;
         }
         let mut qs = Vec::with_capacity(rows * cols);
