@@ -212,6 +212,34 @@ impl Cluster {
         p
     }
 
+    /// Runs `spec` once, uninterrupted, in standalone mode (`--local-workers N
+    /// --exit-when-done`) on a fresh cluster: the reference a disturbed run must reproduce.
+    /// The cluster is returned so its database can be queried further.
+    pub fn uninterrupted(spec: &str, local_workers: u32) -> Cluster {
+        let reference = Cluster::new();
+        let file = reference.file("run.toml", spec);
+        let workers = local_workers.to_string();
+        let mut coord = reference.coordinator(
+            "reference",
+            &[
+                "--run",
+                file.to_str().unwrap(),
+                "--local-workers",
+                &workers,
+                "--exit-when-done",
+            ],
+        );
+        let status = coord
+            .wait_exit(Duration::from_secs(120))
+            .expect("reference coordinator did not finish");
+        assert!(
+            status.success(),
+            "reference coordinator failed:\n{}",
+            coord.log()
+        );
+        reference
+    }
+
     pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
         let mut args: Vec<String> = vec![
             "--coordinator".into(),

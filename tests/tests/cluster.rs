@@ -182,26 +182,7 @@ target_fitness = -1e-8
 #[test]
 fn coordinator_killed_and_restarted_reproduces_uninterrupted_history() {
     // Reference: one uninterrupted run.
-    let reference = Cluster::new();
-    let spec = reference.file("run.toml", ROSENBROCK_10);
-    let mut coord = reference.coordinator(
-        "reference",
-        &[
-            "--run",
-            spec.to_str().unwrap(),
-            "--local-workers",
-            "2",
-            "--exit-when-done",
-        ],
-    );
-    let status = coord
-        .wait_exit(Duration::from_secs(120))
-        .expect("reference coordinator did not finish");
-    assert!(
-        status.success(),
-        "reference coordinator failed:\n{}",
-        coord.log()
-    );
+    let reference = Cluster::uninterrupted(ROSENBROCK_10, 2);
     let expected = reference.json_db(&["history", "1"]);
     assert_eq!(expected.as_array().unwrap().len(), 60);
 

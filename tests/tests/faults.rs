@@ -508,22 +508,7 @@ target_fitness = -1e-12
 
 #[test]
 fn chaos_killed_workers_and_coordinator_reproduce_the_uninterrupted_history() {
-    let reference = Cluster::new();
-    let spec = reference.file("run.toml", CHAOS_RUN);
-    let mut coord = reference.coordinator(
-        "reference",
-        &[
-            "--run",
-            spec.to_str().unwrap(),
-            "--local-workers",
-            "3",
-            "--exit-when-done",
-        ],
-    );
-    let status = coord
-        .wait_exit(Duration::from_secs(120))
-        .expect("reference did not finish");
-    assert!(status.success(), "{}", coord.log());
+    let reference = Cluster::uninterrupted(CHAOS_RUN, 3);
     let expected = reference.json_db(&["history", "1"]);
     let generations = expected.as_array().unwrap().len() as u64;
     assert!(generations > 40, "reference too short: {generations}");
