@@ -14,21 +14,7 @@ use std::time::Instant;
 use candle_core::Device;
 use namm::engine::{Engine, GenerateOptions};
 use namm::model::{Model, WeightFormat};
-use namm::policy::{BamLayout, LayerView, MemoryPolicy, NammPolicy, PolicyInputs};
-
-struct Full;
-impl MemoryPolicy for Full {
-    fn name(&self) -> String {
-        "full".into()
-    }
-    fn inputs(&self) -> PolicyInputs {
-        PolicyInputs::default()
-    }
-    fn reset(&mut self) {}
-    fn select(&mut self, _: &LayerView<'_>) -> Option<Vec<Vec<usize>>> {
-        None
-    }
-}
+use namm::policy::{BamLayout, FullCache, MemoryPolicy, NammPolicy};
 
 fn env_list<T: std::str::FromStr>(key: &str, default: &str) -> Vec<T>
 where
@@ -98,10 +84,10 @@ fn main() {
             stop_tokens: vec![],
         };
         engine
-            .generate(&prompt(200), &mut Full, &opts)
+            .generate(&prompt(200), &mut FullCache, &opts)
             .expect("warm-up");
         let mut policies: Vec<Box<dyn MemoryPolicy>> = vec![
-            Box::new(Full),
+            Box::new(FullCache),
             Box::new(NammPolicy::random(BamLayout::I1, 0.065, 0).with_label("namm:random")),
         ];
         for &len in &lengths {

@@ -11,7 +11,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use namm::engine::{Engine, EngineError, GenerateOptions, Session, StopReason};
 use namm::model::{Model, ModelError, WeightFormat};
-use namm::policy::{LayerView, MemoryPolicy, PolicyInputs};
+use namm::policy::{FullCache, LayerView, MemoryPolicy, PolicyInputs};
 
 fn model(format: WeightFormat) -> &'static Model {
     static MODELS: OnceLock<Mutex<Vec<(WeightFormat, &'static Model)>>> = OnceLock::new();
@@ -80,21 +80,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn argmax(v: &[f32]) -> usize {
     namm::engine::argmax(v) as usize
-}
-
-/// Keeps everything by returning no selection.
-struct Full;
-impl MemoryPolicy for Full {
-    fn name(&self) -> String {
-        "full".into()
-    }
-    fn inputs(&self) -> PolicyInputs {
-        PolicyInputs::default()
-    }
-    fn reset(&mut self) {}
-    fn select(&mut self, _: &LayerView<'_>) -> Option<Vec<Vec<usize>>> {
-        None
-    }
 }
 
 /// Keeps everything by returning every index explicitly.
@@ -194,13 +179,13 @@ fn logits_match_candle_quantized_llama() {
     // 200 tokens: quantized_llama in one pass, ours in chunks [0,128) and [128,200).
     let want = candle_logits(&mut reference, &ids[..200], 0);
     let mut session = Session::new(ours, PolicyInputs::default()).unwrap();
-    let got = session.feed(&ids[..200], &mut Full).unwrap();
+    let got = session.feed(&ids[..200], &mut FullCache).unwrap();
     let d = max_abs_diff(&got, &want);
     eprintln!("200-token prompt: max |Δ| = {d}");
     assert!(d <= 1e-3, "200-token prompt: max |Δ| = {d}");
     // A decode step on top of the cache.
     let want = candle_logits(&mut reference, &ids[200..201], 200);
-    let got = session.feed(&ids[200..201], &mut Full).unwrap();
+    let got = session.feed(&ids[200..201], &mut FullCache).unwrap();
     let d = max_abs_diff(&got, &want);
     eprintln!("decode step at position 200: max |Δ| = {d}");
     assert!(d <= 1e-3, "decode step at position 200: max |Δ| = {d}");
@@ -212,7 +197,7 @@ fn logits_match_candle_quantized_llama() {
     for (start, end) in [(0, 128), (128, 256), (256, 300)] {
         want = candle_logits(&mut reference, &ids[start..end], start);
     }
-    let got = session.feed(&ids[..300], &mut Full).unwrap();
+    let got = session.feed(&ids[..300], &mut FullCache).unwrap();
     let d = max_abs_diff(&got, &want);
     eprintln!("3-chunk prompt: max |Δ| = {d}");
     assert!(d <= 1e-3, "3-chunk prompt: max |Δ| = {d}");
@@ -260,9 +245,9 @@ fn faster_formats_agree_with_gguf_path() {
     // not hide the later steps.
     let run = |m: &Model, ids: &[u32], forced: &[u32]| -> Vec<Vec<f32>> {
         let mut s = Session::new(m, PolicyInputs::default()).unwrap();
-        let mut out = vec![s.feed(ids, &mut Full).unwrap()];
+        let mut out = vec![s.feed(ids, &mut FullCache).unwrap()];
         for &t in forced {
-            out.push(s.feed(&[t], &mut Full).unwrap());
+            out.push(s.feed(&[t], &mut FullCache).unwrap());
         }
         out
     };
@@ -273,7 +258,7 @@ fn faster_formats_agree_with_gguf_path() {
     let mut checked = 0;
     for ids in &prompts {
         let greedy = Engine::new(reference)
-            .generate(ids, &mut Full, &opts)
+            .generate(ids, &mut FullCache, &opts)
             .unwrap();
         let forced = &greedy.tokens[..steps - 1];
         let want = run(reference, ids, forced);
@@ -308,7 +293,7 @@ fn stop_tokens_end_generation() {
     let free = engine
         .generate(
             &chat(0),
-            &mut Full,
+            &mut FullCache,
             &GenerateOptions {
                 max_new_tokens: 8,
                 stop_tokens: vec![],
@@ -322,7 +307,7 @@ fn stop_tokens_end_generation() {
     let stopped = engine
         .generate(
             &chat(0),
-            &mut Full,
+            &mut FullCache,
             &GenerateOptions {
                 max_new_tokens: 8,
                 stop_tokens: vec![stop],
@@ -343,7 +328,9 @@ fn explicit_keep_all_equals_none() {
         stop_tokens: vec![],
     };
     let ids = prompt(1030);
-    let full = Engine::new(m).generate(&ids, &mut Full, &opts).unwrap();
+    let full = Engine::new(m)
+        .generate(&ids, &mut FullCache, &opts)
+        .unwrap();
     let all = Engine::new(m)
         .generate(&ids, &mut KeepAllExplicit, &opts)
         .unwrap();
@@ -354,7 +341,7 @@ fn explicit_keep_all_equals_none() {
 
     let mut a = Session::new(m, PolicyInputs::default()).unwrap();
     let mut b = Session::new(m, KeepAllExplicit.inputs()).unwrap();
-    let la = a.feed(&ids, &mut Full).unwrap();
+    let la = a.feed(&ids, &mut FullCache).unwrap();
     let lb = b.feed(&ids, &mut KeepAllExplicit).unwrap();
     assert_eq!(la, lb, "logits must be bitwise identical");
 }
@@ -433,7 +420,7 @@ fn eviction_matches_masked_reference() {
     // The eviction matters: the full cache gives clearly different logits.
     let full = Session::new(m, PolicyInputs::default())
         .unwrap()
-        .feed(&ids, &mut Full)
+        .feed(&ids, &mut FullCache)
         .unwrap();
     assert!(max_abs_diff(&full, &want) > 0.05);
 }
@@ -567,7 +554,7 @@ fn positions_up_to_the_context_length() {
     assert_eq!(ctx, 8192);
     let err = Session::new(m, PolicyInputs::default())
         .unwrap()
-        .feed(&prompt(ctx + 1), &mut Full)
+        .feed(&prompt(ctx + 1), &mut FullCache)
         .unwrap_err();
     assert!(
         matches!(
@@ -693,7 +680,7 @@ fn invalid_selection_is_an_error() {
     }
     let err = Engine::new(m).generate(
         &[],
-        &mut Full,
+        &mut FullCache,
         &GenerateOptions {
             max_new_tokens: 1,
             stop_tokens: vec![],
@@ -702,7 +689,7 @@ fn invalid_selection_is_an_error() {
     assert!(matches!(err, Err(EngineError::EmptyInput)));
     let err = Session::new(m, PolicyInputs::default())
         .unwrap()
-        .feed(&[49152], &mut Full)
+        .feed(&[49152], &mut FullCache)
         .unwrap_err();
     assert!(
         matches!(
