@@ -91,6 +91,10 @@ impl LeaseBook {
         Some(active)
     }
 
+    pub fn worker(&self, worker_id: &str) -> Option<&WorkerInfo> {
+        self.workers.get(worker_id).map(|w| &w.info)
+    }
+
     pub fn knows_worker(&self, worker_id: &str) -> bool {
         self.workers.contains_key(worker_id)
     }
@@ -99,23 +103,30 @@ impl LeaseBook {
         self.queue.extend(units);
     }
 
-    /// Hands out up to `slots` queued units that `usable` still wants done; returns
-    /// (unit, lease id, deadline).
+    /// Hands out up to `slots` queued units that `usable` still wants done (the others leave
+    /// the queue) and this worker can evaluate (`eligible`; the others stay queued, in order,
+    /// for another worker); returns (unit, lease id, deadline).
     pub fn take(
         &mut self,
         worker_id: &str,
         slots: usize,
         mut usable: impl FnMut(&UnitKey) -> bool,
+        mut eligible: impl FnMut(&UnitKey) -> bool,
     ) -> Vec<(UnitKey, String, Instant)> {
         let mut out = Vec::new();
         let now = Instant::now();
         let deadline = now + self.ttl;
         let hard_deadline = now + self.max_lease.max(self.ttl);
+        let mut skipped = Vec::new();
         while out.len() < slots {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
             if self.leased.contains_key(&key) || !usable(&key) {
+                continue;
+            }
+            if !eligible(&key) {
+                skipped.push(key);
                 continue;
             }
             let lease_id = self.fresh_id("l");
@@ -134,6 +145,9 @@ impl LeaseBook {
                 self.counters.units_re_leased += 1;
             }
             out.push((key, lease_id, deadline));
+        }
+        for key in skipped.into_iter().rev() {
+            self.queue.push_front(key);
         }
         if let Some(w) = self.workers.get_mut(worker_id) {
             w.last_seen = Instant::now();
@@ -273,6 +287,7 @@ mod tests {
             generation: 0,
             candidate,
             shard: 0,
+            kind: 0,
         }
     }
 
@@ -286,7 +301,7 @@ mod tests {
     fn expired_leases_go_back_to_the_front_of_the_queue() {
         let (mut book, w) = book_with_worker(Duration::from_secs(1));
         book.enqueue((0..4).map(key));
-        let first = book.take(&w, 2, |_| true);
+        let first = book.take(&w, 2, |_| true, |_| true);
         assert_eq!(
             first.iter().map(|t| t.0.candidate).collect::<Vec<_>>(),
             [0, 1]
@@ -298,7 +313,7 @@ mod tests {
             "expired lease still active"
         );
         let again: Vec<u32> = book
-            .take(&w, 4, |_| true)
+            .take(&w, 4, |_| true, |_| true)
             .iter()
             .map(|t| t.0.candidate)
             .collect();
@@ -311,7 +326,7 @@ mod tests {
     fn heartbeats_extend_leases_and_unknown_workers_are_refused() {
         let (mut book, w) = book_with_worker(Duration::from_millis(300));
         book.enqueue([key(0)]);
-        let taken = book.take(&w, 1, |_| true);
+        let taken = book.take(&w, 1, |_| true, |_| true);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(book.heartbeat(&w), Some(1));
         // Past the original deadline but within the extended one.
@@ -329,7 +344,7 @@ mod tests {
         let mut book = LeaseBook::new(Duration::from_millis(100), Duration::from_millis(150));
         let w = book.register(WorkerInfo::default());
         book.enqueue([key(0)]);
-        book.take(&w, 1, |_| true);
+        book.take(&w, 1, |_| true, |_| true);
         std::thread::sleep(Duration::from_millis(80));
         book.heartbeat(&w);
         assert_eq!(book.expire(Instant::now() + Duration::from_millis(90)), 1);
@@ -340,7 +355,7 @@ mod tests {
         let (mut book, w) = book_with_worker(Duration::from_secs(10));
         let other = book.register(WorkerInfo::default());
         book.enqueue((0..3).map(key));
-        let taken = book.take(&w, 2, |_| true);
+        let taken = book.take(&w, 2, |_| true, |_| true);
         assert!(
             !book.hand_back(&other, &taken[1].1),
             "another worker's lease"
@@ -348,7 +363,7 @@ mod tests {
         assert!(!book.hand_back(&w, "l-nope"));
         assert!(book.hand_back(&w, &taken[1].1));
         assert!(!book.hand_back(&w, &taken[1].1), "twice");
-        let next = book.take(&other, 1, |_| true);
+        let next = book.take(&other, 1, |_| true, |_| true);
         assert_eq!(next[0].0.candidate, 1);
         assert_eq!(book.counters.units_released, 1);
         assert_eq!(book.counters.units_re_leased, 1);
@@ -360,12 +375,29 @@ mod tests {
         let (mut book, w) = book_with_worker(Duration::from_secs(10));
         book.enqueue([key(0), key(0), key(1), key(2)]);
         let taken: Vec<u32> = book
-            .take(&w, 10, |k| k.candidate != 2)
+            .take(&w, 10, |k| k.candidate != 2, |_| true)
             .iter()
             .map(|t| t.0.candidate)
             .collect();
         assert_eq!(taken, [0, 1]);
-        assert!(book.take(&w, 10, |_| true).is_empty());
+        assert!(book.take(&w, 10, |_| true, |_| true).is_empty());
+    }
+
+    #[test]
+    fn units_a_worker_cannot_evaluate_stay_queued_in_order() {
+        let mut book = LeaseBook::new(Duration::from_secs(5), Duration::from_secs(60));
+        let w = book.register(WorkerInfo::default());
+        book.enqueue((0..4).map(key));
+        let taken = book.take(&w, 10, |_| true, |k| k.candidate % 2 == 1);
+        let got: Vec<u32> = taken.iter().map(|t| t.0.candidate).collect();
+        assert_eq!(got, vec![1, 3]);
+        assert_eq!(book.queue_len(), 2);
+        let rest: Vec<u32> = book
+            .take(&w, 10, |_| true, |_| true)
+            .iter()
+            .map(|t| t.0.candidate)
+            .collect();
+        assert_eq!(rest, vec![0, 2]);
         book.forget_run(1);
         assert_eq!(book.workers()[0].active_leases, 0);
     }

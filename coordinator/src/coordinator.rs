@@ -8,8 +8,8 @@ use crate::run::{now_unix_ms, unit_id, ActiveRun, Told};
 use crate::store::Store;
 use namm::spec::RunSpec;
 use namm_proto::{
-    EvalRecord, ReportRequest, ReportResponse, RunRecord, RunStatus, WatchEvent, WorkUnit,
-    WorkerInfo,
+    EvalRecord, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind, WatchEvent,
+    WorkUnit, WorkerInfo,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,9 +57,9 @@ impl Coordinator {
                 missing = run.missing_units().len(),
                 "resumed run"
             );
-            // A crash between the last report and the tell leaves a complete generation.
-            if run.is_complete() {
-                told.push(run.finish_generation(&store)?);
+            // A crash between the last report and the tell leaves a complete phase.
+            while run.is_running() && run.is_complete() {
+                told.extend(run.advance(&store)?);
             }
             if run.is_running() {
                 inner.book.enqueue(run.missing_units());
@@ -146,6 +146,19 @@ impl Coordinator {
         Ok(released)
     }
 
+    /// sha256 of the models the LLM runs in flight need.
+    pub fn running_models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .lock()
+            .runs
+            .values()
+            .filter_map(|r| r.model_sha256().map(String::from))
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
     pub fn lease_ttl(&self) -> Duration {
         self.lock().book.ttl
     }
@@ -160,7 +173,7 @@ impl Coordinator {
 
     fn publish(&self, told: Told) {
         let _ = self.events.send(WatchEvent {
-            generation: Some(told.finished),
+            generation: told.finished,
             run: Some(told.run),
         });
     }
@@ -265,11 +278,25 @@ impl Coordinator {
             return Err(unknown_worker(worker_id));
         }
         let Inner { runs, book } = &mut *inner;
-        let taken = book.take(worker_id, slots, |key| {
-            runs.get(&key.run_id).is_some_and(|r| {
-                r.is_running() && r.generation() == key.generation && !r.has_result(key)
-            })
-        });
+        let models = book
+            .worker(worker_id)
+            .map(|w| w.model_sha256.clone())
+            .unwrap_or_default();
+        let taken = book.take(
+            worker_id,
+            slots,
+            |key| {
+                runs.get(&key.run_id).is_some_and(|r| {
+                    r.is_running() && r.knows(key) && !r.has_result(key)
+                })
+            },
+            // Units of an LLM run go only to workers that hold its model.
+            |key| {
+                runs.get(&key.run_id)
+                    .and_then(|r| r.model_sha256())
+                    .is_none_or(|sha| models.iter().any(|m| m == sha))
+            },
+        );
         let now = Instant::now();
         let now_ms = now_unix_ms();
         Ok(taken
@@ -280,7 +307,7 @@ impl Coordinator {
                     key: Some(key),
                     unit_id: unit_id(&key),
                     params: run.params(&key),
-                    objective: Some(run.objective()),
+                    objective: Some(run.objective(&key)),
                     item_ids: run.item_ids(&key),
                     lease_id,
                     deadline_unix_ms: now_ms
@@ -340,18 +367,22 @@ impl Coordinator {
                 run.generation()
             )));
         }
-        if key.candidate >= run.population_size() {
+        if !run.knows(&key) {
+            if key.kind() == UnitKind::Reference {
+                return ignored(format!(
+                    "the reference pass of generation {} is already complete",
+                    key.generation
+                ));
+            }
             return Err(CoordError::InvalidArgument(format!(
-                "key.candidate = {} out of range: run {} has population {}",
-                key.candidate,
+                "key names no unit of run {} generation {}: candidate {} shard {} kind {} \
+                 (population {})",
                 key.run_id,
+                key.generation,
+                key.candidate,
+                key.shard,
+                key.kind,
                 run.population_size()
-            )));
-        }
-        if key.shard >= run.shards {
-            return Err(CoordError::InvalidArgument(format!(
-                "key.shard = {} out of range: run {} has {} shard(s)",
-                key.shard, key.run_id, run.shards
             )));
         }
         if run.has_result(&key) {
@@ -401,6 +432,7 @@ impl Coordinator {
             // -0.0 comes back as +0.0 after a restart. Telling the strategy +0.0 from the
             // start keeps a resumed run bit for bit equal to an uninterrupted one.
             fitness: if req.fitness == 0.0 { 0.0 } else { req.fitness },
+            norm_stats: req.norm_stats,
         };
         self.store.put_eval(&eval)?;
         if !eval.fitness.is_finite() {
@@ -413,8 +445,10 @@ impl Coordinator {
         inner.book.counters.latency.observe(eval.eval_seconds);
         let run = inner.runs.get_mut(&key.run_id).expect("checked above");
         let mut told = None;
+        let mut advanced = false;
         if run.record_result(eval) {
-            told = Some(run.finish_generation(&self.store)?);
+            told = run.advance(&self.store)?;
+            advanced = true;
             if run.is_running() {
                 let units = run.missing_units();
                 inner.book.enqueue(units);
@@ -426,15 +460,23 @@ impl Coordinator {
             }
         }
         drop(inner);
-        if let Some(t) = told {
+        if let Some(g) = told.as_ref().and_then(|t| t.finished.as_ref()) {
             tracing::info!(
                 run = key.run_id,
-                generation = t.finished.generation,
-                best = t.finished.best_fitness,
-                sigma = t.finished.sigma_after,
+                generation = g.generation,
+                best = g.best_fitness,
+                mean = g.mean_fitness,
+                heldout = g.heldout.as_ref().map(|h| h.fitness),
+                kept = g.mean_kept_fraction,
+                sigma = g.sigma_after,
+                secs = g.generation_seconds,
                 "generation complete"
             );
+        }
+        if let Some(t) = told {
             self.publish(t);
+        }
+        if advanced {
             self.work.notify_waiters();
         }
         Ok(ReportResponse {

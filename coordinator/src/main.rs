@@ -19,7 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the coordinator, resuming every unfinished run in the database.
+    /// Serve the coordinator, resuming every unfinished run in the database. Without --run,
+    /// a database that holds no run gets the default NAMM run (SmolLM2-135M, passkey at 1536
+    /// tokens, population 32) and one local worker process that loads --model; stop with
+    /// Ctrl-C and start again to resume it.
     Start {
         /// Address to serve gRPC on.
         #[arg(long, default_value = "127.0.0.1:50051")]
@@ -31,9 +34,22 @@ enum Command {
         /// with the same spec. Repeatable.
         #[arg(long = "run", value_name = "FILE.toml")]
         runs: Vec<PathBuf>,
-        /// Workers to run inside this process (standalone mode).
-        #[arg(long, default_value_t = 0)]
-        local_workers: u32,
+        /// Do not submit the default NAMM run when no --run is given.
+        #[arg(long)]
+        no_default_run: bool,
+        /// Workers to start with the coordinator: `namm-worker` processes loading --model when
+        /// an LLM run is in flight, in-process benchmark workers otherwise [default: 1 when an
+        /// LLM run is in flight, else 0].
+        #[arg(long, value_name = "N")]
+        local_workers: Option<u32>,
+        /// The model local workers of LLM runs load.
+        #[arg(
+            long,
+            env = "NAMM_MODEL",
+            default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            value_name = "PATH"
+        )]
+        model: PathBuf,
         /// A lease not renewed by a heartbeat for this long goes back to the queue.
         #[arg(long, default_value_t = 10_000, value_name = "MS")]
         lease_ttl_ms: u64,
@@ -82,7 +98,9 @@ async fn main() -> anyhow::Result<()> {
             listen,
             db,
             runs,
+            no_default_run,
             local_workers,
+            model,
             lease_ttl_ms,
             max_lease_ms,
             exit_when_done,
@@ -102,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
                 db,
                 runs,
                 local_workers,
+                default_run: !no_default_run,
+                model,
                 lease_ttl: Duration::from_millis(lease_ttl_ms),
                 max_lease: Duration::from_millis(max_lease_ms),
                 exit_when_done,

@@ -1,15 +1,27 @@
-//! One run in flight: its CMA-ES, the generation being evaluated and the results so far.
+//! One run in flight: its CMA-ES, the generation being evaluated, the work units of its
+//! current phase and the results so far.
+//!
+//! A NAMM run's generation may first need a reference phase: the full-cache pass (θ = 0) over
+//! the prompt pools of tasks that have no reference scores yet (the run's first generation, and
+//! the first generation of a stage that adds tasks). The first such pass also yields the
+//! feature-normalisation statistics, merged and frozen into the run record. Then the candidate
+//! units (every candidate × every shard of the generation's drawn prompts) and, every
+//! `heldout_every` generations, the held-out units of the CMA-ES mean go out.
 
 use crate::cmaes::{Cmaes, CmaesConfig};
 use crate::error::CoordError;
 use crate::seed::{rng_for, Purpose};
 use crate::store::{GenerationCommit, Store};
 use crate::strategy;
-use namm::spec::RunSpec;
+use namm::spec::{NammSpec, ObjectiveKind, RunSpec};
+use namm::stats::NormStats;
+use namm::training::{self, ItemScore};
 use namm_proto::{
-    objective, BenchmarkObjective, EvalRecord, GenerationRecord, ItemResult, Objective, RunRecord,
-    RunStatus, UnitKey, Vector,
+    objective, BenchmarkObjective, CandidateTasks, EvalRecord, GenerationRecord, HeldOut,
+    ItemResult, NammObjective, Objective, RunRecord, RunStatus, TaskScore, UnitKey, UnitKind,
+    Vector,
 };
+use std::collections::HashMap;
 use std::time::Instant;
 
 pub fn now_unix_ms() -> i64 {
@@ -19,6 +31,24 @@ pub fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The extra key a worker reports each prompt's kept cache fraction under.
+pub const KEPT_FRACTION: &str = "kept_fraction";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The full-cache pass over the pools of tasks without reference scores.
+    Reference,
+    /// The candidates (and the held-out evaluation of the mean, when due).
+    Generation,
+}
+
+/// A unit of the current phase and its report, once stored.
+struct Planned {
+    key: UnitKey,
+    items: Vec<String>,
+    done: Option<EvalRecord>,
+}
+
 pub struct ActiveRun {
     pub record: RunRecord,
     pub spec: RunSpec,
@@ -26,18 +56,21 @@ pub struct ActiveRun {
     cmaes: Cmaes,
     /// The generation in flight.
     pub gen: GenerationRecord,
-    /// Per (candidate, shard), row-major: the reported shard fitness.
-    results: Vec<Option<f64>>,
-    pub shards: u32,
+    phase: Phase,
+    units: Vec<Planned>,
+    index: HashMap<UnitKey, usize>,
+    /// Candidate shards of the generation (item ids), the same for every candidate.
+    shards: Vec<Vec<String>>,
     gen_started: Instant,
     /// `record.wall_seconds` when this coordinator took the run over, and when.
     wall_base: f64,
     lifetime_start: Instant,
 }
 
-/// What finishing a generation produced, for the watchers.
+/// What finishing a phase produced, for the watchers: the finished generation (none when a
+/// reference pass ended the run) and the run.
 pub struct Told {
-    pub finished: GenerationRecord,
+    pub finished: Option<GenerationRecord>,
     pub run: RunRecord,
 }
 
@@ -57,8 +90,8 @@ impl ActiveRun {
             best_fitness: f64::NEG_INFINITY,
             mean: cmaes.mean().to_vec(),
             sigma: cmaes.sigma(),
-            objective: format!("{}-{}", spec.objective.kind, spec.objective.dim),
-            dim: spec.objective.dim as u32,
+            objective: objective_label(&spec),
+            dim: spec.dim() as u32,
             population: cfg.population as u32,
             ..Default::default()
         };
@@ -103,10 +136,7 @@ impl ActiveRun {
         }
         let mut run = Self::assemble(record, spec, cfg, cmaes, gen);
         for eval in store.evals(id, g)? {
-            let key = eval.key.unwrap_or_default();
-            if let Some(i) = run.slot(&key) {
-                run.results[i] = Some(eval.fitness);
-            }
+            run.record_result(eval);
         }
         Ok(run)
     }
@@ -118,20 +148,110 @@ impl ActiveRun {
         cmaes: Cmaes,
         gen: GenerationRecord,
     ) -> ActiveRun {
-        let shards = 1;
-        let slots = cfg.population * shards as usize;
-        ActiveRun {
+        let mut run = ActiveRun {
             wall_base: record.wall_seconds,
             record,
             spec,
             cfg,
             cmaes,
             gen,
-            results: vec![None; slots],
-            shards,
+            phase: Phase::Generation,
+            units: Vec::new(),
+            index: HashMap::new(),
+            shards: Vec::new(),
             gen_started: Instant::now(),
             lifetime_start: Instant::now(),
+        };
+        run.plan();
+        run
+    }
+
+    fn namm(&self) -> Option<&NammSpec> {
+        self.spec.namm.as_ref()
+    }
+
+    /// Lays out the units of the generation in flight: the reference pass if its stage's
+    /// tasks lack reference scores, its candidates (and held-out units) otherwise.
+    fn plan(&mut self) {
+        let (run_id, g) = (self.id(), self.generation());
+        let key = |kind: UnitKind, candidate: u32, shard: u32| UnitKey {
+            run_id,
+            generation: g,
+            candidate,
+            shard,
+            kind: kind as i32,
+        };
+        let mut units = Vec::new();
+        self.shards.clear();
+        match self.spec.namm.clone() {
+            None => {
+                self.phase = Phase::Generation;
+                let item = self.spec.objective.kind.to_string();
+                for c in 0..self.population_size() {
+                    units.push((key(UnitKind::Candidate, c, 0), vec![item.clone()]));
+                }
+            }
+            Some(namm) => {
+                let stage = namm.stage_of(g);
+                let tasks = namm.stage_tasks(stage).to_vec();
+                self.gen.stage = stage;
+                let pool = training::pool_indices(&namm);
+                let unreferenced: Vec<String> = tasks
+                    .iter()
+                    .filter(|t| {
+                        pool.iter().any(|&i| {
+                            !self
+                                .record
+                                .reference_scores
+                                .contains_key(&training::item_id(t, i))
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                if !unreferenced.is_empty() {
+                    self.phase = Phase::Reference;
+                    let pools = vec![pool; unreferenced.len()];
+                    for (s, items) in training::shards(&unreferenced, &pools, namm.shard_size)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        units.push((key(UnitKind::Reference, 0, s as u32), items));
+                    }
+                } else {
+                    self.phase = Phase::Generation;
+                    let mut rng = rng_for(self.spec.seed, u64::from(g), Purpose::Prompts);
+                    let drawn = training::draw_prompts(&namm, &tasks, &mut rng);
+                    self.shards = training::shards(&tasks, &drawn, namm.shard_size);
+                    for c in 0..self.population_size() {
+                        for (s, items) in self.shards.iter().enumerate() {
+                            units.push((key(UnitKind::Candidate, c, s as u32), items.clone()));
+                        }
+                    }
+                    if heldout_due(&namm, g) {
+                        let heldout = vec![training::heldout_indices(&namm); tasks.len()];
+                        for (s, items) in training::shards(&tasks, &heldout, namm.shard_size)
+                            .into_iter()
+                            .enumerate()
+                        {
+                            units.push((key(UnitKind::Heldout, 0, s as u32), items));
+                        }
+                    }
+                }
+            }
         }
+        self.index = units
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        self.units = units
+            .into_iter()
+            .map(|(key, items)| Planned {
+                key,
+                items,
+                done: None,
+            })
+            .collect();
     }
 
     pub fn id(&self) -> u64 {
@@ -146,52 +266,73 @@ impl ActiveRun {
         self.cfg.population as u32
     }
 
-    fn slot(&self, key: &UnitKey) -> Option<usize> {
-        (key.run_id == self.id()
-            && key.generation == self.generation()
-            && key.candidate < self.population_size()
-            && key.shard < self.shards)
-            .then(|| (key.candidate * self.shards + key.shard) as usize)
+    /// Whether the current phase is the reference pass.
+    pub fn in_reference_pass(&self) -> bool {
+        self.phase == Phase::Reference
     }
 
-    /// Units of the generation in flight that have no result yet.
+    fn unit(&self, key: &UnitKey) -> Option<&Planned> {
+        self.index.get(key).map(|&i| &self.units[i])
+    }
+
+    /// Whether `key` names a unit of the current phase.
+    pub fn knows(&self, key: &UnitKey) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Units of the current phase that have no result yet.
     pub fn missing_units(&self) -> Vec<UnitKey> {
-        (0..self.population_size())
-            .flat_map(|c| (0..self.shards).map(move |s| (c, s)))
-            .filter(|&(c, s)| self.results[(c * self.shards + s) as usize].is_none())
-            .map(|(candidate, shard)| UnitKey {
-                run_id: self.id(),
-                generation: self.generation(),
-                candidate,
-                shard,
-            })
+        self.units
+            .iter()
+            .filter(|u| u.done.is_none())
+            .map(|u| u.key)
             .collect()
     }
 
     pub fn has_result(&self, key: &UnitKey) -> bool {
-        self.slot(key).is_some_and(|i| self.results[i].is_some())
+        self.unit(key).is_some_and(|u| u.done.is_some())
     }
 
     /// The items a unit's report must carry, in order.
-    pub fn item_ids(&self, _key: &UnitKey) -> Vec<String> {
-        vec![self.spec.objective.kind.to_string()]
+    pub fn item_ids(&self, key: &UnitKey) -> Vec<String> {
+        self.unit(key).map(|u| u.items.clone()).unwrap_or_default()
     }
 
-    pub fn objective(&self) -> Objective {
-        Objective {
-            kind: Some(objective::Kind::Benchmark(BenchmarkObjective {
+    /// The model a worker needs for this run's units (none for benchmarks).
+    pub fn model_sha256(&self) -> Option<&str> {
+        self.namm().map(|n| n.model_sha256.as_str())
+    }
+
+    pub fn objective(&self, key: &UnitKey) -> Objective {
+        let kind = match self.namm() {
+            None => objective::Kind::Benchmark(BenchmarkObjective {
                 kind: self.spec.objective.kind.to_string(),
-                dim: self.spec.objective.dim as u32,
-            })),
-        }
+                dim: self.spec.dim() as u32,
+            }),
+            Some(namm) => objective::Kind::Namm(NammObjective {
+                model_sha256: namm.model_sha256.clone(),
+                task_seed: namm.task_seed,
+                // The first reference pass runs without statistics: it produces them.
+                norm_stats: match (key.kind(), &self.record.frozen_stats) {
+                    (UnitKind::Reference, None) => None,
+                    (_, stats) => stats.clone(),
+                },
+            }),
+        };
+        Objective { kind: Some(kind) }
     }
 
     pub fn params(&self, key: &UnitKey) -> Vec<f64> {
-        self.gen
-            .population
-            .get(key.candidate as usize)
-            .map(|v| v.values.clone())
-            .unwrap_or_default()
+        match key.kind() {
+            UnitKind::Candidate => self
+                .gen
+                .population
+                .get(key.candidate as usize)
+                .map(|v| v.values.clone())
+                .unwrap_or_default(),
+            UnitKind::Reference => vec![0.0; self.spec.dim()],
+            UnitKind::Heldout => self.gen.mean_before.clone(),
+        }
     }
 
     /// Checks a report against the unit it claims to answer.
@@ -218,46 +359,192 @@ impl ActiveRun {
         Ok(())
     }
 
-    /// Records a stored report. Returns true when the generation is now complete.
+    /// Records a stored report. Returns true when the current phase is now complete.
     pub fn record_result(&mut self, eval: EvalRecord) -> bool {
         let key = eval.key.unwrap_or_default();
-        if let Some(i) = self.slot(&key) {
-            self.results[i] = Some(eval.fitness);
+        if let Some(&i) = self.index.get(&key) {
+            self.units[i].done = Some(eval);
         }
         self.is_complete()
     }
 
     pub fn is_complete(&self) -> bool {
-        self.results.iter().all(Option::is_some)
+        self.units.iter().all(|u| u.done.is_some())
     }
 
-    /// Fitness of each candidate: the mean of its shards' reported fitness. NaN or infinite
-    /// values pass through; the strategy ranks them last.
-    fn fitness(&self) -> Vec<f64> {
-        let shards = self.shards as usize;
-        (0..self.population_size() as usize)
-            .map(|c| {
-                let sum: f64 = self.results[c * shards..(c + 1) * shards]
-                    .iter()
-                    .map(|f| f.unwrap_or(f64::NAN))
-                    .sum();
-                sum / shards as f64
+    /// Moves on once the current phase is complete: a finished reference pass freezes its
+    /// results into the run and plans the candidates; a finished generation is told to the
+    /// strategy. Returns what watchers should see (None while nothing finished).
+    pub fn advance(&mut self, store: &Store) -> Result<Option<Told>, CoordError> {
+        if !self.is_complete() {
+            return Ok(None);
+        }
+        match self.phase {
+            Phase::Reference => self.finish_reference(store),
+            Phase::Generation => self.finish_generation(store).map(Some),
+        }
+    }
+
+    /// Stores the reference scores (and, the first time, the merged statistics) and plans the
+    /// generation's candidates. A reference pass that failed ends the run: no fitness can be
+    /// normalised without it.
+    fn finish_reference(&mut self, store: &Store) -> Result<Option<Told>, CoordError> {
+        let mut scores = Vec::new();
+        let mut merged: Option<NormStats> = None;
+        let mut failure = None;
+        for u in &self.units {
+            let eval = u.done.as_ref().expect("phase complete");
+            for item in &eval.items {
+                if item.score.is_finite() {
+                    scores.push((item.item_id.clone(), item.score));
+                } else if failure.is_none() {
+                    failure = Some(format!(
+                        "the full-cache reference pass failed on prompt {:?} (worker {}); see \
+                         that worker's log",
+                        item.item_id, eval.worker_name
+                    ));
+                }
+            }
+            if self.record.frozen_stats.is_none() && failure.is_none() {
+                let stats = eval
+                    .norm_stats
+                    .as_ref()
+                    .ok_or_else(|| {
+                        format!("reference unit {} reported no statistics", unit_id(&u.key))
+                    })
+                    .and_then(|s| {
+                        NormStats::new(s.mean.clone(), s.var.clone(), s.count).map_err(|e| {
+                            format!("reference unit {} reported bad statistics: {e}", unit_id(&u.key))
+                        })
+                    })
+                    .and_then(|s| match &merged {
+                        None => Ok(s),
+                        Some(m) => m.merge(&s).map_err(|e| e.to_string()),
+                    });
+                match stats {
+                    Ok(s) => merged = Some(s),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            self.record.status = RunStatus::Failed as i32;
+            self.record.stop_reason = reason;
+            self.record.finished_unix_ms = now_unix_ms();
+            store.put_run(&self.record)?;
+            return Ok(Some(Told {
+                finished: None,
+                run: self.record.clone(),
+            }));
+        }
+        self.record.reference_scores.extend(scores);
+        if let Some(m) = merged {
+            self.record.frozen_stats = Some(namm_proto::NormStats {
+                mean: m.mean,
+                var: m.var,
+                count: m.count,
+            });
+        }
+        store.put_run(&self.record)?;
+        tracing::info!(
+            run = self.id(),
+            generation = self.generation(),
+            prompts = self.record.reference_scores.len(),
+            "reference pass complete; statistics frozen"
+        );
+        self.plan();
+        Ok(None)
+    }
+
+    fn done_items(&self, kind: UnitKind, candidate: u32) -> Vec<ItemScore<'_>> {
+        self.units
+            .iter()
+            .filter(|u| u.key.kind() == kind && u.key.candidate == candidate)
+            .filter_map(|u| u.done.as_ref())
+            .flat_map(|e| &e.items)
+            .map(|i| ItemScore {
+                item_id: &i.item_id,
+                score: i.score,
+                kept_fraction: i.extra.get(KEPT_FRACTION).copied().unwrap_or(f64::NAN),
             })
             .collect()
     }
 
+    /// Fitness of each candidate. Benchmarks: the mean of its shards' reported fitness. NAMM:
+    /// the mean over tasks of its score over the full cache's (`namm::training::fitness`).
+    /// NaN or infinite values pass through; the strategy ranks them last.
+    fn score_candidates(&self) -> (Vec<f64>, Vec<CandidateTasks>) {
+        let population = self.population_size();
+        let Some(namm) = self.namm() else {
+            let fitness = (0..population)
+                .map(|c| {
+                    let shards: Vec<f64> = self
+                        .units
+                        .iter()
+                        .filter(|u| u.key.candidate == c)
+                        .map(|u| u.done.as_ref().map_or(f64::NAN, |e| e.fitness))
+                        .collect();
+                    shards.iter().sum::<f64>() / shards.len().max(1) as f64
+                })
+                .collect();
+            return (fitness, Vec::new());
+        };
+        let tasks = namm.stage_tasks(self.gen.stage);
+        (0..population)
+            .map(|c| {
+                let f = training::fitness(
+                    tasks,
+                    &self.done_items(UnitKind::Candidate, c),
+                    |id| self.record.reference_scores.get(id).copied(),
+                );
+                (
+                    f.fitness,
+                    CandidateTasks {
+                        kept_fraction: f.kept_fraction,
+                        tasks: f.tasks.iter().map(task_score).collect(),
+                    },
+                )
+            })
+            .unzip()
+    }
+
+    fn heldout(&self) -> Option<HeldOut> {
+        let namm = self.namm()?;
+        let items = self.done_items(UnitKind::Heldout, 0);
+        if items.is_empty() {
+            return None;
+        }
+        let f = training::fitness(
+            namm.stage_tasks(self.gen.stage),
+            &items,
+            |id| self.record.reference_scores.get(id).copied(),
+        );
+        Some(HeldOut {
+            tasks: f.tasks.iter().map(task_score).collect(),
+            fitness: f.fitness,
+            kept_fraction: f.kept_fraction,
+        })
+    }
+
     /// Tells the strategy the generation's fitness, decides whether the run goes on, draws the
     /// next generation if so, and stores all of it atomically.
-    pub fn finish_generation(&mut self, store: &Store) -> Result<Told, CoordError> {
-        let fitness = self.fitness();
+    fn finish_generation(&mut self, store: &Store) -> Result<Told, CoordError> {
+        let (fitness, candidate_tasks) = self.score_candidates();
         let g = self.generation();
-        let id = self.id();
         let tell = self.cmaes.tell(&fitness);
         let mut finished = self.gen.clone();
         finished.population.clear();
         finished.complete = true;
         finished.fitness = fitness.clone();
-        finished.shards = self.shards;
+        finished.shards = self.shards.len().max(1) as u32;
+        finished.heldout = self.heldout();
+        let kept: Vec<f64> = candidate_tasks
+            .iter()
+            .map(|c| c.kept_fraction)
+            .filter(|k| k.is_finite())
+            .collect();
+        finished.mean_kept_fraction = kept.iter().sum::<f64>() / kept.len().max(1) as f64;
+        finished.candidate_tasks = candidate_tasks;
         let finite: Vec<f64> = fitness.iter().copied().filter(|f| f.is_finite()).collect();
         finished.mean_fitness = if finite.is_empty() {
             f64::NAN
@@ -273,10 +560,7 @@ impl ActiveRun {
         {
             if f > self.record.best_fitness {
                 self.record.best_fitness = f;
-                self.record.best_params = self.params(&UnitKey {
-                    candidate: c as u32,
-                    ..Default::default()
-                });
+                self.record.best_params = self.gen.population[c].values.clone();
                 self.record.best_generation = g;
                 self.record.best_candidate = c as u32;
             }
@@ -320,7 +604,10 @@ impl ActiveRun {
                 self.record.finished_unix_ms = now_unix_ms();
                 None
             }
-            None => Some(draw_generation(&mut self.cmaes, &self.spec, id, g + 1)),
+            None => {
+                let id = self.id();
+                Some(draw_generation(&mut self.cmaes, &self.spec, id, g + 1))
+            }
         };
         store.commit_generation(GenerationCommit {
             run: &self.record,
@@ -330,17 +617,40 @@ impl ActiveRun {
         })?;
         if let Some(next) = next {
             self.gen = next;
-            self.results.iter_mut().for_each(|r| *r = None);
             self.gen_started = Instant::now();
+            self.plan();
         }
         Ok(Told {
-            finished,
+            finished: Some(finished),
             run: self.record.clone(),
         })
     }
 
     pub fn is_running(&self) -> bool {
         self.record.status == RunStatus::Running as i32
+    }
+}
+
+fn heldout_due(namm: &NammSpec, g: u32) -> bool {
+    namm.heldout_every > 0 && g > 0 && g % namm.heldout_every == 0
+}
+
+fn task_score(t: &training::TaskResult) -> TaskScore {
+    TaskScore {
+        task: t.task.clone(),
+        score: t.score,
+        reference: t.reference,
+        normalised: t.normalised,
+        kept_fraction: t.kept_fraction,
+        prompts: t.prompts as u32,
+    }
+}
+
+/// "sphere-10", or "namm:<model>" for NAMM runs.
+fn objective_label(spec: &RunSpec) -> String {
+    match (spec.objective.kind, &spec.namm) {
+        (ObjectiveKind::Namm, Some(n)) => format!("namm:{}", n.model),
+        (kind, _) => format!("{kind}-{}", spec.dim()),
     }
 }
 
@@ -365,11 +675,19 @@ fn draw_generation(cmaes: &mut Cmaes, spec: &RunSpec, run_id: u64, g: u32) -> Ge
     }
 }
 
+/// "r<run>-g<gen>-c<cand>-s<shard>" for candidates; "r<run>-g<gen>-ref-s<shard>" and
+/// "r<run>-g<gen>-heldout-s<shard>" for the other kinds.
 pub fn unit_id(key: &UnitKey) -> String {
-    format!(
-        "r{}-g{}-c{}-s{}",
-        key.run_id, key.generation, key.candidate, key.shard
-    )
+    match key.kind() {
+        UnitKind::Candidate => format!(
+            "r{}-g{}-c{}-s{}",
+            key.run_id, key.generation, key.candidate, key.shard
+        ),
+        UnitKind::Reference => format!("r{}-g{}-ref-s{}", key.run_id, key.generation, key.shard),
+        UnitKind::Heldout => {
+            format!("r{}-g{}-heldout-s{}", key.run_id, key.generation, key.shard)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -380,10 +698,17 @@ mod tests {
         RunSpec::from_toml("seed = 5\n[objective]\nkind = \"sphere\"\ndim = 4\n").unwrap()
     }
 
+    fn benchmark(run: &ActiveRun) -> namm::objective::Benchmark {
+        match run.spec.objective.kind {
+            ObjectiveKind::Benchmark(b) => b,
+            ObjectiveKind::Namm => panic!("a benchmark run"),
+        }
+    }
+
     /// Answers every missing unit of the generation in flight with the benchmark's fitness.
     fn evaluate_generation(run: &mut ActiveRun, store: &Store) -> Option<Told> {
         for key in run.missing_units() {
-            let score = run.spec.objective.kind.fitness(&run.params(&key));
+            let score = benchmark(run).fitness(&run.params(&key));
             let eval = EvalRecord {
                 key: Some(key),
                 items: vec![ItemResult {
@@ -396,7 +721,7 @@ mod tests {
             };
             store.put_eval(&eval).unwrap();
             if run.record_result(eval) {
-                return Some(run.finish_generation(store).unwrap());
+                return run.advance(store).unwrap();
             }
         }
         None

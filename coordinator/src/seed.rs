@@ -10,12 +10,15 @@ use rand_chacha::ChaCha8Rng;
 pub enum Purpose {
     /// The population CMA-ES samples for a generation.
     Ask,
+    /// The training prompts a NAMM generation is scored on.
+    Prompts,
 }
 
 impl Purpose {
     fn tag(self) -> &'static [u8] {
         match self {
             Purpose::Ask => b"ask",
+            Purpose::Prompts => b"prompts",
         }
     }
 }
@@ -56,6 +59,7 @@ mod tests {
             derive_seed(7, 4, Purpose::Ask),
             derive_seed(8, 3, Purpose::Ask),
             derive_seed(3, 7, Purpose::Ask),
+            derive_seed(7, 3, Purpose::Prompts),
         ];
         for i in 0..seeds.len() {
             for j in i + 1..seeds.len() {

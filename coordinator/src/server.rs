@@ -33,7 +33,12 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub db: PathBuf,
     pub runs: Vec<PathBuf>,
-    pub local_workers: u32,
+    /// Workers to start with the coordinator; None: one when an LLM run is in flight.
+    pub local_workers: Option<u32>,
+    /// Submit the default NAMM run when no `runs` are given and the database holds no run.
+    pub default_run: bool,
+    /// The model local workers of LLM runs load.
+    pub model: PathBuf,
     pub lease_ttl: Duration,
     pub max_lease: Duration,
     pub exit_when_done: bool,
@@ -63,6 +68,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("resuming the runs in {}", opts.db.display()))?;
     for path in &opts.runs {
         submit_file(&coord, path)?;
+    }
+    if opts.runs.is_empty() && opts.default_run && coord.store.list_runs()?.is_empty() {
+        let run = coord.submit(&namm::spec::RunSpec::default_namm().to_toml())?;
+        println!(
+            "submitted the default NAMM run {} ({}); query it with `namm history {}`",
+            run.run_id, run.name, run.run_id
+        );
+    }
+    let llm_models = coord.running_models();
+    let local_workers = opts
+        .local_workers
+        .unwrap_or(if llm_models.is_empty() { 0 } else { 1 });
+    if local_workers > 0 && !llm_models.is_empty() {
+        check_model(&opts.model, &llm_models)?;
     }
 
     let listener = TcpListener::bind(opts.listen)
@@ -110,7 +129,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     } else {
         addr
     };
-    for i in 0..opts.local_workers {
+    let mut children = Vec::new();
+    for i in 0..local_workers {
+        if !llm_models.is_empty() {
+            children.push(spawn_worker_process(i, &connect_to, &opts)?);
+            continue;
+        }
         let cfg = namm_worker::WorkerConfig {
             coordinator: connect_to.to_string(),
             name: format!("local-{i}"),
@@ -179,6 +203,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     for l in locals {
         let _ = l.await;
     }
+    for mut c in children {
+        stop_child(&mut c).await;
+    }
     reaper.abort();
     if let Some(m) = metrics {
         m.abort();
@@ -215,6 +242,85 @@ fn submit_file(coord: &Arc<Coordinator>, path: &PathBuf) -> anyhow::Result<()> {
     }
     let run = coord.submit(&canonical)?;
     println!("submitted run {} ({})", run.run_id, run.name);
+    Ok(())
+}
+
+/// Local workers of LLM runs are `namm-worker` processes next to this binary, each holding the
+/// model: the coordinator itself never links the LLM engine.
+fn spawn_worker_process(
+    i: u32,
+    coordinator: &SocketAddr,
+    opts: &ServeOptions,
+) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe()
+        .context("cannot locate this executable")?
+        .with_file_name(format!("namm-worker{}", std::env::consts::EXE_SUFFIX));
+    if !exe.is_file() {
+        anyhow::bail!(
+            "--local-workers: {} not found next to namm-coord; build it with \
+             `cargo build --release --bins`",
+            exe.display()
+        );
+    }
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg("--coordinator")
+        .arg(coordinator.to_string())
+        .arg("--name")
+        .arg(format!("local-{i}"))
+        .arg("--model")
+        .arg(&opts.model)
+        .kill_on_drop(true);
+    match &opts.token {
+        Some(t) => cmd.env("NAMM_TOKEN", t),
+        None => cmd.env_remove("NAMM_TOKEN"),
+    };
+    if let Some(tls) = &opts.tls {
+        cmd.arg("--tls-ca").arg(&tls.cert);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    tracing::info!(worker = %format!("local-{i}"), pid = child.id(), model = %opts.model.display(), "local worker process started");
+    Ok(child)
+}
+
+/// Asks a local worker process to stop (it hands its units back) and waits briefly for it.
+async fn stop_child(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Fails early, with the fix, when local workers could not serve the LLM runs in flight.
+fn check_model(model: &std::path::Path, wanted: &[String]) -> anyhow::Result<()> {
+    if !model.is_file() {
+        anyhow::bail!(
+            "--model {}: no such file; the local worker of an LLM run needs the model \
+             (fetch the default one with scripts/fetch-model.sh, or give --model PATH, or \
+             --local-workers 0 and start workers elsewhere)",
+            model.display()
+        );
+    }
+    let sha = namm::digest::file_sha256(model)
+        .with_context(|| format!("--model {}", model.display()))?;
+    if !wanted.contains(&sha) {
+        anyhow::bail!(
+            "--model {} has sha256 {sha}, but the runs in flight want {}; local workers would \
+             get no work",
+            model.display(),
+            wanted.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! big-endian so scans come out in (run, generation, candidate, shard) order.
 //!
 //! Trees: `runs` (run) -> RunRecord, `generations` (run, gen) -> GenerationRecord,
-//! `evals` (run, gen, cand, shard) -> EvalRecord, `state` (run) -> StrategyState (latest only),
+//! `evals` (run, gen, cand, shard[, kind]) -> EvalRecord, `state` (run) -> StrategyState (latest only),
 //! `meta` -> schema version and the next run id.
 
 use namm_proto::{EvalRecord, GenerationRecord, RunRecord, StrategyState, UnitKey};
@@ -58,11 +58,17 @@ pub fn gen_key(run: u64, generation: u32) -> [u8; 12] {
     k
 }
 
-pub fn eval_key(key: &UnitKey) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..12].copy_from_slice(&gen_key(key.run_id, key.generation));
-    k[12..16].copy_from_slice(&key.candidate.to_be_bytes());
-    k[16..].copy_from_slice(&key.shard.to_be_bytes());
+/// (run, generation, candidate, shard), and for reference and held-out units their kind as a
+/// trailing byte: candidate keys keep the layout of schema 1, and a generation's prefix scan
+/// still finds every kind.
+pub fn eval_key(key: &UnitKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(21);
+    k.extend_from_slice(&gen_key(key.run_id, key.generation));
+    k.extend_from_slice(&key.candidate.to_be_bytes());
+    k.extend_from_slice(&key.shard.to_be_bytes());
+    if key.kind != 0 {
+        k.push(u8::try_from(key.kind).unwrap_or(u8::MAX));
+    }
     k
 }
 
@@ -234,7 +240,8 @@ impl Store {
             .collect()
     }
 
-    /// The evaluations stored for one generation, ordered by (candidate, shard).
+    /// The evaluations stored for one generation (every unit kind), ordered by (candidate,
+    /// shard, kind).
     pub fn evals(&self, run: u64, generation: u32) -> Result<Vec<EvalRecord>> {
         self.evals
             .scan_prefix(gen_key(run, generation))

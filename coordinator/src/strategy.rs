@@ -1,18 +1,20 @@
 //! The bridge between the CMA-ES of `cmaes.rs` and the stored `StrategyState` message.
 
 use crate::cmaes::{CmaesConfig, CmaesState, EigenMode};
-use namm::spec::RunSpec;
+use namm::spec::{Eigen, RunSpec};
 use namm_proto::StrategyState;
 
 /// The CMA-ES configuration a run spec implies.
 pub fn config_for(spec: &RunSpec) -> CmaesConfig {
     CmaesConfig {
-        dim: spec.objective.dim,
+        dim: spec.dim(),
         population: spec.population(),
-        sigma0: spec.strategy.sigma0,
+        sigma0: spec.sigma0(),
         x0: spec.x0(),
-        // Exact is the reference's behaviour; benchmark dimensions make it cheap.
-        eigen: EigenMode::Exact,
+        eigen: match spec.eigen() {
+            Eigen::Exact => EigenMode::Exact,
+            Eigen::Lazy => EigenMode::Lazy,
+        },
     }
 }
 

@@ -212,28 +212,49 @@ impl Evaluator {
         opts: &EvalOptions,
         on_result: &mut dyn FnMut(&SampleResult),
     ) -> Result<(Vec<SampleResult>, PrefixReuse)> {
-        let prompt = self.prompt_text(sample);
-        let ids = self.prompt_ids(&sample.id, &prompt)?;
-        let gen_opts = GenerateOptions {
-            max_new_tokens: sample.max_new_tokens,
-            stop_tokens: self.tokenizer.stop_ids().to_vec(),
-        };
-        let engine = Engine::new(&self.model);
-
-        let prefix_len = if opts.prefix_reuse && policies.len() > 1 {
-            shared_prefix_len(ids.len())
-        } else {
-            0
-        };
-        let mut reuse = PrefixReuse::default();
-        let prefix = if prefix_len > 0 {
-            let inputs = policies.iter().fold(PolicyInputs::default(), |acc, p| {
+        let share = (opts.prefix_reuse && policies.len() > 1).then(|| {
+            policies.iter().fold(PolicyInputs::default(), |acc, p| {
                 let i = p.inputs();
                 PolicyInputs {
                     attention: acc.attention || i.attention,
                     key_norms: acc.key_norms || i.key_norms,
                 }
-            });
+            })
+        });
+        let prepared = self.prepare(sample.clone(), share)?;
+        let mut reuse = PrefixReuse::default();
+        if prepared.prefix.is_some() {
+            reuse.samples = 1;
+            reuse.prefix_tokens = prepared.prefix_len;
+            reuse.prefix_secs = prepared.prefix_secs;
+        }
+        let mut results = Vec::with_capacity(policies.len());
+        for policy in policies.iter_mut() {
+            let (result, fork_secs) = self.run_prepared(&prepared, policy.as_mut())?;
+            reuse.fork_secs += fork_secs;
+            on_result(&result);
+            results.push(result);
+        }
+        if prepared.prefix.is_some() {
+            reuse.saved_secs = (policies.len() - 1) as f64 * reuse.prefix_secs - reuse.fork_secs;
+        }
+        Ok((results, reuse))
+    }
+
+    /// Renders and tokenizes `sample` and, when `share` names the inputs the policies to come
+    /// need, prefills the part of the prompt every policy processes identically, so each run
+    /// of [`Evaluator::run_prepared`] forks it instead of computing it again.
+    pub fn prepare(&self, sample: Sample, share: Option<PolicyInputs>) -> Result<Prepared<'_>> {
+        let prompt = self.prompt_text(&sample);
+        let ids = self.prompt_ids(&sample.id, &prompt)?;
+        let prefix_len = if share.is_some() {
+            shared_prefix_len(ids.len())
+        } else {
+            0
+        };
+        let mut prefix = None;
+        let mut prefix_secs = 0.0;
+        if let (Some(inputs), true) = (share, prefix_len > 0) {
             let prefix_err = |source| EvalError::Prefix {
                 sample: sample.id.clone(),
                 tokens: prefix_len,
@@ -244,42 +265,59 @@ impl Evaluator {
             session
                 .feed_prefix(&ids[..prefix_len])
                 .map_err(prefix_err)?;
-            reuse.samples = 1;
-            reuse.prefix_tokens = prefix_len;
-            reuse.prefix_secs = start.elapsed().as_secs_f64();
-            Some(session)
-        } else {
-            None
-        };
+            prefix_secs = start.elapsed().as_secs_f64();
+            prefix = Some(session);
+        }
+        Ok(Prepared {
+            sample,
+            prompt,
+            ids,
+            prefix_len: if prefix.is_some() { prefix_len } else { 0 },
+            prefix,
+            prefix_secs,
+        })
+    }
 
-        let mut results = Vec::with_capacity(policies.len());
-        for policy in policies.iter_mut() {
-            let name = policy.name();
-            let start = Instant::now();
-            let generation = match &prefix {
-                Some(session) => {
-                    engine.generate_from(session, &ids[prefix_len..], policy.as_mut(), &gen_opts)
-                }
-                None => engine.generate(&ids, policy.as_mut(), &gen_opts),
+    /// Generates the answer to a prepared sample under `policy` and scores it. Also returns
+    /// the seconds spent forking the shared prefix (0 without one).
+    pub fn run_prepared(
+        &self,
+        prepared: &Prepared<'_>,
+        policy: &mut dyn MemoryPolicy,
+    ) -> Result<(SampleResult, f64)> {
+        let sample = &prepared.sample;
+        let gen_opts = GenerateOptions {
+            max_new_tokens: sample.max_new_tokens,
+            stop_tokens: self.tokenizer.stop_ids().to_vec(),
+        };
+        let engine = Engine::new(&self.model);
+        let name = policy.name();
+        let start = Instant::now();
+        let ids = &prepared.ids;
+        let generation = match &prepared.prefix {
+            Some(session) => {
+                engine.generate_from(session, &ids[prepared.prefix_len..], policy, &gen_opts)
             }
-            .map_err(|source| EvalError::Generate {
-                sample: sample.id.clone(),
-                policy: name.clone(),
-                source: Box::new(source),
-            })?;
-            if prefix.is_some() {
-                let s = &generation.stats;
-                let overhead = start.elapsed().as_secs_f64() - s.prefill_secs - s.decode_secs;
-                reuse.fork_secs += overhead.max(0.0);
-            }
-            let result = self.result(sample, &prompt, name, &generation, reuse.prefix_secs)?;
-            on_result(&result);
-            results.push(result);
+            None => engine.generate(ids, policy, &gen_opts),
         }
-        if prefix.is_some() {
-            reuse.saved_secs = (policies.len() - 1) as f64 * reuse.prefix_secs - reuse.fork_secs;
+        .map_err(|source| EvalError::Generate {
+            sample: sample.id.clone(),
+            policy: name.clone(),
+            source: Box::new(source),
+        })?;
+        let mut fork_secs = 0.0;
+        if prepared.prefix.is_some() {
+            let s = &generation.stats;
+            fork_secs = (start.elapsed().as_secs_f64() - s.prefill_secs - s.decode_secs).max(0.0);
         }
-        Ok((results, reuse))
+        let result = self.result(
+            sample,
+            &prepared.prompt,
+            name,
+            &generation,
+            prepared.prefix_secs,
+        )?;
+        Ok((result, fork_secs))
     }
 
     fn result(
@@ -337,6 +375,24 @@ impl Evaluator {
             policy_secs: s.policy_secs,
             decode_steps: s.decode_steps,
         })
+    }
+}
+
+/// A sample ready to run: its rendered prompt, token ids and, optionally, the prefilled
+/// prefix that every policy shares.
+pub struct Prepared<'m> {
+    pub sample: Sample,
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    prefix_len: usize,
+    prefix: Option<Session<'m>>,
+    prefix_secs: f64,
+}
+
+impl Prepared<'_> {
+    /// Prompt tokens prefilled once for all policies (0 without a shared prefix).
+    pub fn prefix_len(&self) -> usize {
+        self.prefix_len
     }
 }
 

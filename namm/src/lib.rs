@@ -4,12 +4,14 @@
 //! benchmark objectives, the policy maths, tasks, metrics, statistics merging); `engine` adds
 //! the candle LLM whose KV cache a [`policy::MemoryPolicy`] prunes. No networking, no database.
 
+pub mod digest;
 pub mod metrics;
 pub mod objective;
 pub mod policy;
 pub mod spec;
 pub mod stats;
 pub mod tasks;
+pub mod training;
 
 #[cfg(feature = "engine")]
 pub mod engine;

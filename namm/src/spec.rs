@@ -2,7 +2,10 @@
 //! unknown field is an error that names it, so a typo never silently runs the wrong experiment.
 
 use crate::objective::Benchmark;
+use crate::policy::PARAM_COUNT;
+use crate::tasks::TaskSpec;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Upper bounds that keep a run spec from asking the coordinator for absurd memory: the
 /// covariance is dim² doubles (MAX_DIM: 800 MB), a generation population × dim doubles.
@@ -18,29 +21,89 @@ pub const MAX_SPEC_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSpec {
-    /// Shown in listings; defaults to "<objective>-<dim>".
+    /// Shown in listings; defaults to "<objective>-<dim>" (benchmarks) or "namm" (NAMM runs).
     pub name: String,
     pub seed: u64,
     pub objective: ObjectiveSpec,
     pub strategy: StrategySpec,
     pub stop: StopSpec,
+    /// The NAMM objective's settings; only with `objective.kind = "namm"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namm: Option<NammSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveSpec {
-    pub kind: Benchmark,
-    pub dim: usize,
+    pub kind: ObjectiveKind,
+    /// Benchmarks: any dimension (default 10). NAMM: the parameter count of the policy,
+    /// filled in (and checked if given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+}
+
+/// What the candidates are scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ObjectiveKind {
+    /// A NAMM memory policy on an LLM and long-context tasks.
+    Namm,
+    Benchmark(Benchmark),
+}
+
+impl fmt::Display for ObjectiveKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectiveKind::Namm => f.write_str("namm"),
+            ObjectiveKind::Benchmark(b) => f.write_str(b.name()),
+        }
+    }
+}
+
+impl TryFrom<String> for ObjectiveKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "namm" {
+            return Ok(ObjectiveKind::Namm);
+        }
+        s.parse::<Benchmark>().map(ObjectiveKind::Benchmark).map_err(|_| {
+            format!(
+                "unknown objective kind {s:?} (expected namm, sphere, ellipsoid, rosenbrock or rastrigin)"
+            )
+        })
+    }
+}
+
+impl From<ObjectiveKind> for String {
+    fn from(k: ObjectiveKind) -> String {
+        k.to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StrategySpec {
-    /// λ; `None` means CMA-ES's default 4 + ⌊3 ln n⌋.
+    /// λ; default 32 for NAMM runs (the paper's), CMA-ES's 4 + ⌊3 ln n⌋ for benchmarks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub population: Option<usize>,
-    pub sigma0: f64,
+    /// Default 0.065 for NAMM runs (the paper's), 0.5 for benchmarks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma0: Option<f64>,
     pub x0: X0,
+    /// How often C is decomposed; default lazy for NAMM runs (an exact decomposition at
+    /// n = 4172 takes ~19 s per generation), exact (the reference's) for benchmarks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eigen: Option<Eigen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eigen {
+    /// Decompose C at every generation, as the reference does.
+    Exact,
+    /// Reuse the decomposition for pycma's gap of generations.
+    Lazy,
 }
 
 /// The initial mean: one number for every coordinate, or the whole vector.
@@ -57,6 +120,70 @@ pub struct StopSpec {
     pub max_generations: u32,
     /// Stop once the best fitness so far reaches it.
     pub target_fitness: f64,
+}
+
+/// A NAMM run: which model, which tasks, how many prompts (spec §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NammSpec {
+    /// A label for the model (its file name); workers are matched on `model_sha256`.
+    pub model: String,
+    /// sha256 of the GGUF file (lowercase hex); only workers holding it get work.
+    pub model_sha256: String,
+    /// The training tasks of the first stage, as task specs (`passkey:len=1536`).
+    pub tasks: Vec<String>,
+    /// Later stages: from a generation on, a (larger) task list; the strategy state and the
+    /// frozen statistics carry over.
+    pub stages: Vec<StageSpec>,
+    /// Seed of the task generators; prompt `i` of a task is the same in every run.
+    pub task_seed: u64,
+    /// Training prompts per task: indices 0..pool_size.
+    pub pool_size: usize,
+    /// Prompts drawn per task for each generation, without replacement; every candidate of a
+    /// generation sees the same ones.
+    pub prompts_per_task: usize,
+    /// Held-out prompts per task: indices pool_size..pool_size + heldout_size.
+    pub heldout_size: usize,
+    /// Evaluate the CMA-ES mean on the held-out prompts every this many generations (0: never).
+    pub heldout_every: u32,
+    /// Prompts of one task per work unit.
+    pub shard_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// The first generation of the stage (> the previous stage's).
+    pub from_generation: u32,
+    /// Every task trained on from that generation on.
+    pub tasks: Vec<String>,
+}
+
+/// sha256 of the default model, `SmolLM2-135M-Instruct.Q4_1.gguf` (scripts/fetch-model.sh).
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const NAMM_POPULATION: usize = 32;
+pub const NAMM_SIGMA0: f64 = 0.065;
+/// Most prompts a NAMM generation may ask for (tasks × prompts per task), and most pool
+/// prompts per task.
+pub const MAX_PROMPTS: usize = 100_000;
+
+impl Default for NammSpec {
+    fn default() -> Self {
+        NammSpec {
+            model: DEFAULT_MODEL_FILE.into(),
+            model_sha256: DEFAULT_MODEL_SHA256.into(),
+            tasks: vec!["passkey:len=1536".into()],
+            stages: Vec::new(),
+            task_seed: 0,
+            pool_size: 64,
+            prompts_per_task: 8,
+            heldout_size: 16,
+            heldout_every: 5,
+            shard_size: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,6 +206,7 @@ impl Default for RunSpec {
             objective: ObjectiveSpec::default(),
             strategy: StrategySpec::default(),
             stop: StopSpec::default(),
+            namm: None,
         }
     }
 }
@@ -86,8 +214,8 @@ impl Default for RunSpec {
 impl Default for ObjectiveSpec {
     fn default() -> Self {
         ObjectiveSpec {
-            kind: Benchmark::Rosenbrock,
-            dim: 10,
+            kind: ObjectiveKind::Namm,
+            dim: None,
         }
     }
 }
@@ -96,8 +224,9 @@ impl Default for StrategySpec {
     fn default() -> Self {
         StrategySpec {
             population: None,
-            sigma0: 0.5,
+            sigma0: None,
             x0: X0::Scalar(0.0),
+            eigen: None,
         }
     }
 }
@@ -116,8 +245,13 @@ pub fn default_population(dim: usize) -> usize {
     4 + (3.0 * (dim.max(1) as f64).ln()).floor() as usize
 }
 
+const BENCHMARK_DIM: usize = 10;
+const BENCHMARK_SIGMA0: f64 = 0.5;
+
 impl RunSpec {
-    /// Parses and validates a run spec; the result has its name filled in.
+    /// Parses and validates a run spec; the result has every objective-dependent default
+    /// written in (name, dim, population, sigma0, eigen, the NAMM section, canonical task
+    /// specs), so the stored TOML says exactly what ran.
     pub fn from_toml(text: &str) -> Result<RunSpec, SpecError> {
         if text.len() > MAX_SPEC_BYTES {
             return Err(SpecError::Invalid {
@@ -128,11 +262,66 @@ impl RunSpec {
         }
         let mut spec: RunSpec =
             toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string().trim().to_string()))?;
-        if spec.name.trim().is_empty() {
-            spec.name = format!("{}-{}", spec.objective.kind, spec.objective.dim);
-        }
+        spec.fill_defaults()?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    fn fill_defaults(&mut self) -> Result<(), SpecError> {
+        let namm = self.objective.kind == ObjectiveKind::Namm;
+        if namm {
+            if let Some(d) = self.objective.dim.filter(|&d| d != PARAM_COUNT) {
+                return Err(SpecError::Invalid {
+                    field: "objective.dim",
+                    value: d.to_string(),
+                    reason: format!(
+                        "a NAMM has {PARAM_COUNT} parameters; leave dim out or set it to that"
+                    ),
+                });
+            }
+            let n = self.namm.get_or_insert_with(NammSpec::default);
+            canonical_tasks(&mut n.tasks, "namm.tasks")?;
+            for stage in n.stages.iter_mut() {
+                canonical_tasks(&mut stage.tasks, "namm.stages.tasks")?;
+            }
+        } else if self.namm.is_some() {
+            return Err(SpecError::Invalid {
+                field: "namm",
+                value: "a [namm] table".into(),
+                reason: format!(
+                    "only a run with objective.kind = \"namm\" takes one (this run's kind is {:?})",
+                    self.objective.kind.to_string()
+                ),
+            });
+        }
+        let dim = *self.objective.dim.get_or_insert(if namm {
+            PARAM_COUNT
+        } else {
+            BENCHMARK_DIM
+        });
+        self.strategy.population.get_or_insert(if namm {
+            NAMM_POPULATION
+        } else {
+            default_population(dim)
+        });
+        self.strategy
+            .sigma0
+            .get_or_insert(if namm { NAMM_SIGMA0 } else { BENCHMARK_SIGMA0 });
+        self.strategy
+            .eigen
+            .get_or_insert(if namm { Eigen::Lazy } else { Eigen::Exact });
+        if self.name.trim().is_empty() {
+            self.name = match self.objective.kind {
+                ObjectiveKind::Namm => "namm".into(),
+                kind => format!("{kind}-{dim}"),
+            };
+        }
+        Ok(())
+    }
+
+    /// The run `namm-coord start` submits without `--run`: the default NAMM run.
+    pub fn default_namm() -> RunSpec {
+        RunSpec::from_toml("").expect("the default spec is valid")
     }
 
     /// The spec with every default written out, as stored with the run.
@@ -140,16 +329,28 @@ impl RunSpec {
         toml::to_string(self).expect("a RunSpec always serialises to TOML")
     }
 
+    pub fn dim(&self) -> usize {
+        self.objective.dim.unwrap_or(BENCHMARK_DIM)
+    }
+
     pub fn population(&self) -> usize {
         self.strategy
             .population
-            .unwrap_or_else(|| default_population(self.objective.dim))
+            .unwrap_or_else(|| default_population(self.dim()))
+    }
+
+    pub fn sigma0(&self) -> f64 {
+        self.strategy.sigma0.unwrap_or(BENCHMARK_SIGMA0)
+    }
+
+    pub fn eigen(&self) -> Eigen {
+        self.strategy.eigen.unwrap_or(Eigen::Exact)
     }
 
     /// The initial mean, expanded to `dim` coordinates.
     pub fn x0(&self) -> Vec<f64> {
         match &self.strategy.x0 {
-            X0::Scalar(v) => vec![*v; self.objective.dim],
+            X0::Scalar(v) => vec![*v; self.dim()],
             X0::Vector(v) => v.clone(),
         }
     }
@@ -167,7 +368,7 @@ impl RunSpec {
                 &format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
             ));
         }
-        let dim = self.objective.dim;
+        let dim = self.dim();
         if dim == 0 || dim > MAX_DIM {
             return Err(invalid(
                 "objective.dim",
@@ -194,7 +395,7 @@ impl RunSpec {
                 ),
             ));
         }
-        let sigma0 = self.strategy.sigma0;
+        let sigma0 = self.sigma0();
         if !(sigma0.is_finite() && sigma0 > 0.0) {
             return Err(invalid(
                 "strategy.sigma0",
@@ -238,7 +439,146 @@ impl RunSpec {
                 "must be a number (use -inf for no target)",
             ));
         }
+        if let Some(n) = &self.namm {
+            n.validate()?;
+        }
         Ok(())
+    }
+}
+
+/// Parses every task spec and writes it back in canonical form, so equal tasks compare equal
+/// (prompt names and reference scores are keyed by it).
+fn canonical_tasks(tasks: &mut [String], field: &'static str) -> Result<(), SpecError> {
+    for t in tasks.iter_mut() {
+        let spec: TaskSpec = t.parse().map_err(|e| SpecError::Invalid {
+            field,
+            value: format!("{t:?}"),
+            reason: format!("{e}"),
+        })?;
+        *t = spec.to_string();
+    }
+    Ok(())
+}
+
+impl NammSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |field, value: String, reason: String| SpecError::Invalid {
+            field,
+            value,
+            reason,
+        };
+        let sha = &self.model_sha256;
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(invalid(
+                "namm.model_sha256",
+                format!("{sha:?}"),
+                "must be 64 lowercase hex digits (`sha256sum MODEL.gguf`)".into(),
+            ));
+        }
+        if self.tasks.is_empty() {
+            return Err(invalid(
+                "namm.tasks",
+                "[]".into(),
+                "needs at least one task spec, e.g. [\"passkey:len=1536\"]".into(),
+            ));
+        }
+        for (name, field, v) in [
+            ("pool_size", "namm.pool_size", self.pool_size),
+            ("prompts_per_task", "namm.prompts_per_task", self.prompts_per_task),
+            ("shard_size", "namm.shard_size", self.shard_size),
+        ] {
+            if v == 0 || v > MAX_PROMPTS {
+                return Err(invalid(
+                    field,
+                    v.to_string(),
+                    format!("{name} must be between 1 and {MAX_PROMPTS}"),
+                ));
+            }
+        }
+        if self.heldout_size > MAX_PROMPTS {
+            return Err(invalid(
+                "namm.heldout_size",
+                self.heldout_size.to_string(),
+                format!("must be at most {MAX_PROMPTS}"),
+            ));
+        }
+        if self.prompts_per_task > self.pool_size {
+            return Err(invalid(
+                "namm.prompts_per_task",
+                self.prompts_per_task.to_string(),
+                format!(
+                    "prompts are drawn without replacement from namm.pool_size = {} prompts",
+                    self.pool_size
+                ),
+            ));
+        }
+        if self.heldout_every > 0 && self.heldout_size == 0 {
+            return Err(invalid(
+                "namm.heldout_every",
+                self.heldout_every.to_string(),
+                "needs namm.heldout_size > 0 (or set heldout_every = 0)".into(),
+            ));
+        }
+        let mut previous = 0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.from_generation <= previous {
+                return Err(invalid(
+                    "namm.stages.from_generation",
+                    stage.from_generation.to_string(),
+                    format!(
+                        "stage {} must start after generation {previous} (stages are in order;                          generation 0 belongs to namm.tasks)",
+                        i + 1
+                    ),
+                ));
+            }
+            previous = stage.from_generation;
+            if stage.tasks.is_empty() {
+                return Err(invalid(
+                    "namm.stages.tasks",
+                    "[]".into(),
+                    format!("stage {} needs at least one task", i + 1),
+                ));
+            }
+        }
+        let most = self
+            .stages
+            .iter()
+            .map(|s| s.tasks.len())
+            .chain([self.tasks.len()])
+            .max()
+            .unwrap_or(0);
+        if most.saturating_mul(self.prompts_per_task) > MAX_PROMPTS {
+            return Err(invalid(
+                "namm.prompts_per_task",
+                self.prompts_per_task.to_string(),
+                format!("tasks × prompts_per_task exceeds {MAX_PROMPTS} prompts per generation"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stage generation `g` belongs to (0 = `tasks`, i = `stages[i - 1]`).
+    pub fn stage_of(&self, g: u32) -> u32 {
+        self.stages
+            .iter()
+            .take_while(|s| s.from_generation <= g)
+            .count() as u32
+    }
+
+    /// The tasks of stage `stage`.
+    pub fn stage_tasks(&self, stage: u32) -> &[String] {
+        match stage {
+            0 => &self.tasks,
+            i => self
+                .stages
+                .get(i as usize - 1)
+                .map_or(&self.tasks[..], |s| &s.tasks[..]),
+        }
+    }
+
+    /// Whether generation `g` starts a stage (its tasks may need reference scores first).
+    pub fn starts_stage(&self, g: u32) -> bool {
+        g == 0 || self.stages.iter().any(|s| s.from_generation == g)
     }
 }
 
@@ -264,17 +604,39 @@ target_fitness = -1e-8
     #[test]
     fn issue_example_parses() {
         let spec = RunSpec::from_toml(EXAMPLE).unwrap();
-        assert_eq!(spec.objective.kind, Benchmark::Rosenbrock);
+        assert_eq!(
+            spec.objective.kind,
+            ObjectiveKind::Benchmark(Benchmark::Rosenbrock)
+        );
+        assert_eq!(spec.eigen(), Eigen::Exact);
+        assert_eq!(spec.sigma0(), 0.5);
         assert_eq!(spec.population(), 10);
         assert_eq!(spec.x0(), vec![0.0; 10]);
         assert_eq!(spec.stop.target_fitness, -1e-8);
     }
 
     #[test]
-    fn empty_spec_is_all_defaults() {
+    fn empty_spec_is_the_default_namm_run() {
         let spec = RunSpec::from_toml("").unwrap();
+        assert_eq!(spec.name, "namm");
+        assert_eq!(spec.objective.kind, ObjectiveKind::Namm);
+        assert_eq!(spec.dim(), PARAM_COUNT);
+        assert_eq!(spec.population(), 32);
+        assert_eq!(spec.sigma0(), 0.065);
+        assert_eq!(spec.eigen(), Eigen::Lazy);
+        let namm = spec.namm.as_ref().unwrap();
+        assert_eq!(namm.model_sha256, DEFAULT_MODEL_SHA256);
+        assert_eq!(namm.tasks, vec!["passkey:len=1536,depth=random"]);
+        // The stored canonical form parses back to the same run.
+        assert_eq!(RunSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn benchmark_defaults_depend_on_the_dimension() {
+        let spec = RunSpec::from_toml("[objective]\nkind = \"rosenbrock\"").unwrap();
         assert_eq!(spec.name, "rosenbrock-10");
         assert_eq!(spec.population(), default_population(10));
+        assert!(spec.namm.is_none());
         assert_eq!(default_population(10), 10);
         assert_eq!(default_population(40), 15);
         assert_eq!(default_population(4172), 29);
@@ -298,20 +660,48 @@ target_fitness = -1e-8
         assert!(err.to_string().contains("nmae"), "{err}");
         let err = RunSpec::from_toml("[objective]\nkind = \"spere\"\n").unwrap_err();
         assert!(err.to_string().contains("spere"), "{err}");
+        let err = RunSpec::from_toml("[namm]\npromts_per_task = 3\n").unwrap_err();
+        assert!(err.to_string().contains("promts_per_task"), "{err}");
     }
 
     #[test]
     fn invalid_values_name_field_and_value() {
         let cases = [
             ("[objective]\ndim = 0", "objective.dim"),
+            ("[objective]\nkind = \"namm\"\ndim = 12", "objective.dim"),
+            (
+                "[objective]\nkind = \"sphere\"\n[namm]\ntasks = []",
+                "namm",
+            ),
+            ("[namm]\ntasks = []", "namm.tasks"),
+            ("[namm]\ntasks = [\"passkey:len=9\"]", "namm.tasks"),
+            ("[namm]\nmodel_sha256 = \"abc\"", "namm.model_sha256"),
+            ("[namm]\nprompts_per_task = 0", "namm.prompts_per_task"),
+            (
+                "[namm]\npool_size = 4\nprompts_per_task = 5",
+                "namm.prompts_per_task",
+            ),
+            ("[namm]\nshard_size = 0", "namm.shard_size"),
+            (
+                "[namm]\nheldout_size = 0\nheldout_every = 2",
+                "namm.heldout_every",
+            ),
+            (
+                "[[namm.stages]]\nfrom_generation = 0\ntasks = [\"passkey\"]",
+                "namm.stages.from_generation",
+            ),
+            (
+                "[[namm.stages]]\nfrom_generation = 3\ntasks = []",
+                "namm.stages.tasks",
+            ),
             ("[strategy]\npopulation = 1", "strategy.population"),
             ("[strategy]\nsigma0 = -1.0", "strategy.sigma0"),
             ("[strategy]\nx0 = [1.0, 2.0]", "strategy.x0"),
             ("[stop]\nmax_generations = 0", "stop.max_generations"),
             ("[stop]\ntarget_fitness = nan", "stop.target_fitness"),
-            ("[objective]\ndim = 10001", "objective.dim"),
+            ("[objective]\nkind = \"sphere\"\ndim = 10001", "objective.dim"),
             (
-                "[objective]\ndim = 10000\n[strategy]\npopulation = 5000",
+                "[objective]\nkind = \"sphere\"\ndim = 10000\n[strategy]\npopulation = 5000",
                 "strategy.population",
             ),
             (
@@ -341,9 +731,27 @@ target_fitness = -1e-8
     }
 
     #[test]
+    fn stages_pick_their_tasks_by_generation() {
+        let spec = RunSpec::from_toml(
+            "[namm]\ntasks = [\"passkey:len=1024\"]\n[[namm.stages]]\nfrom_generation = 5\n\
+             tasks = [\"passkey:len=1024\", \"niah-multikey:len=1024\"]\n",
+        )
+        .unwrap();
+        let n = spec.namm.unwrap();
+        assert_eq!(n.stage_of(0), 0);
+        assert_eq!(n.stage_of(4), 0);
+        assert_eq!(n.stage_of(5), 1);
+        assert_eq!(n.stage_of(99), 1);
+        assert_eq!(n.stage_tasks(1).len(), 2);
+        assert_eq!(n.stage_tasks(1)[1], "niah-multikey:len=1024,keys=4,depth=random");
+        assert!(n.starts_stage(0) && n.starts_stage(5) && !n.starts_stage(4));
+    }
+
+    #[test]
     fn wrong_types_are_errors_not_panics() {
         assert!(RunSpec::from_toml("seed = \"one\"").is_err());
         assert!(RunSpec::from_toml("[objective]\ndim = -3").is_err());
+        assert!(RunSpec::from_toml("[namm]\ntasks = \"passkey\"").is_err());
         assert!(RunSpec::from_toml("this is not toml").is_err());
         assert!(RunSpec::from_toml("[strategy]\nx0 = \"zero\"").is_err());
     }

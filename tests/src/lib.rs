@@ -188,6 +188,7 @@ impl Cluster {
             self.addr(),
             "--db".into(),
             self.db().display().to_string(),
+            "--no-default-run".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         const SERVING: &str = "coordinator serving";

@@ -1,12 +1,62 @@
 //! Evaluating one work unit.
 
+use crate::WorkerConfig;
 use namm::objective::Benchmark;
+use namm::stats::NormStats;
 use namm_proto::{objective, ItemResult, WorkUnit};
 use std::collections::HashMap;
 
-/// One result per item of the unit. A unit this worker cannot evaluate (unknown objective,
-/// wrong vector length) gets NaN scores flagged with `extra["error"] = 1`, which the strategy
-/// ranks last, rather than stalling the generation.
+/// What a unit produced: one result per item, and for the first reference pass of a NAMM run
+/// the normalisation statistics accumulated on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitOutcome {
+    pub items: Vec<ItemResult>,
+    pub norm_stats: Option<NormStats>,
+}
+
+/// Evaluates a unit with what this worker has. A unit it cannot evaluate (unknown objective,
+/// wrong vector length, a model it does not hold) gets NaN scores flagged with
+/// `extra["error"] = 1`, which the strategy ranks last, rather than stalling the generation.
+pub fn evaluate_unit(unit: &WorkUnit, cfg: &WorkerConfig) -> UnitOutcome {
+    match unit.objective.as_ref().and_then(|o| o.kind.as_ref()) {
+        Some(objective::Kind::Namm(obj)) => {
+            #[cfg(feature = "engine")]
+            let outcome = match &cfg.llm {
+                Some(llm) => llm.evaluate(unit, obj),
+                None => Err("this worker holds no model (start it with --model PATH)".into()),
+            };
+            #[cfg(not(feature = "engine"))]
+            let outcome: Result<UnitOutcome, String> = {
+                let _ = (cfg, obj);
+                Err("this worker was built without the LLM engine".into())
+            };
+            outcome.unwrap_or_else(|msg| {
+                tracing::error!(unit = %unit.unit_id, error = %msg, "cannot evaluate unit");
+                UnitOutcome {
+                    items: failed_items(unit),
+                    norm_stats: None,
+                }
+            })
+        }
+        _ => UnitOutcome {
+            items: evaluate(unit),
+            norm_stats: None,
+        },
+    }
+}
+
+fn failed_items(unit: &WorkUnit) -> Vec<ItemResult> {
+    unit.item_ids
+        .iter()
+        .map(|id| ItemResult {
+            item_id: id.clone(),
+            score: f64::NAN,
+            extra: HashMap::from([("error".to_string(), 1.0)]),
+        })
+        .collect()
+}
+
+/// A benchmark unit: one result per item.
 pub fn evaluate(unit: &WorkUnit) -> Vec<ItemResult> {
     let score = match unit.objective.as_ref().and_then(|o| o.kind.as_ref()) {
         Some(objective::Kind::Benchmark(b)) => match b.kind.parse::<Benchmark>() {
@@ -18,6 +68,7 @@ pub fn evaluate(unit: &WorkUnit) -> Vec<ItemResult> {
             )),
             Err(e) => Err(e.to_string()),
         },
+        Some(objective::Kind::Namm(_)) => Err("not a benchmark unit".to_string()),
         None => Err("unit has no objective".to_string()),
     };
     let (score, extra) = match score {

@@ -6,8 +6,10 @@
 
 pub mod auth;
 mod evaluate;
+#[cfg(feature = "engine")]
+pub mod llm;
 
-pub use evaluate::{evaluate, shard_fitness};
+pub use evaluate::{evaluate, evaluate_unit, shard_fitness, UnitOutcome};
 
 use auth::{AuthChannel, ClientAuth};
 use namm_proto::worker_service_client::WorkerServiceClient;
@@ -33,6 +35,9 @@ pub struct WorkerConfig {
     /// Extra time spent on every evaluation, to emulate a slow objective in tests and demos.
     pub eval_delay: Duration,
     pub auth: ClientAuth,
+    /// The model NAMM units run on; without one the worker takes benchmark units only.
+    #[cfg(feature = "engine")]
+    pub llm: Option<Arc<llm::Llm>>,
 }
 
 impl Default for WorkerConfig {
@@ -43,6 +48,8 @@ impl Default for WorkerConfig {
             slots: 1,
             eval_delay: Duration::ZERO,
             auth: ClientAuth::default(),
+            #[cfg(feature = "engine")]
+            llm: None,
         }
     }
 }
@@ -158,6 +165,15 @@ async fn hand_back(mut client: Client, held: &Mutex<Held>) {
     }
 }
 
+fn model_sha256(cfg: &WorkerConfig) -> Vec<String> {
+    #[cfg(feature = "engine")]
+    if let Some(llm) = &cfg.llm {
+        return vec![llm.sha256().to_string()];
+    }
+    let _ = cfg;
+    Vec::new()
+}
+
 async fn session(
     cfg: &WorkerConfig,
     mut client: Client,
@@ -171,7 +187,7 @@ async fn session(
             threads: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
-            model_sha256: Vec::new(),
+            model_sha256: model_sha256(cfg),
             version: env!("CARGO_PKG_VERSION").into(),
             slots: cfg.slots,
             max_batch: 1,
@@ -240,11 +256,11 @@ async fn session(
         for unit in units {
             let client = client.clone();
             let worker_id = worker_id.clone();
-            let delay = cfg.eval_delay;
+            let cfg = cfg.clone();
             let held = held.clone();
             tasks.push(AbortOnDrop(tokio::spawn(async move {
                 let lease_id = unit.lease_id.clone();
-                let end = evaluate_and_report(client, worker_id, unit, delay).await;
+                let end = evaluate_and_report(client, worker_id, unit, cfg).await;
                 held.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .leases
@@ -266,7 +282,7 @@ async fn evaluate_and_report(
     mut client: Client,
     worker_id: String,
     unit: WorkUnit,
-    delay: Duration,
+    cfg: WorkerConfig,
 ) -> Option<SessionEnd> {
     let started = Instant::now();
     let unit_id = unit.unit_id.clone();
@@ -274,31 +290,36 @@ async fn evaluate_and_report(
     let lease_log = lease_id.clone();
     let key = unit.key;
     tracing::debug!(unit = %unit_id, lease = %lease_id, "evaluating");
-    let items = match tokio::task::spawn_blocking(move || {
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
+    let outcome = match tokio::task::spawn_blocking(move || {
+        if !cfg.eval_delay.is_zero() {
+            std::thread::sleep(cfg.eval_delay);
         }
-        evaluate(&unit)
+        evaluate_unit(&unit, &cfg)
     })
     .await
     {
-        Ok(items) => items,
+        Ok(outcome) => outcome,
         Err(e) => {
             tracing::error!(unit = %unit_id, error = %e, "evaluation panicked; the lease will expire");
             return None;
         }
     };
     let eval_seconds = started.elapsed().as_secs_f64();
-    let fitness = shard_fitness(&items);
+    let fitness = shard_fitness(&outcome.items);
     let reporting = Instant::now();
     let r = client
         .report(ReportRequest {
             worker_id,
             lease_id,
             key,
-            items,
+            items: outcome.items,
             eval_seconds,
             fitness,
+            norm_stats: outcome.norm_stats.map(|s| namm_proto::NormStats {
+                mean: s.mean,
+                var: s.var,
+                count: s.count,
+            }),
         })
         .await;
     match r {

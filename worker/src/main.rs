@@ -2,7 +2,10 @@
 
 use clap::Parser;
 use namm_worker::auth::{resolve_token, ClientAuth};
+use namm::model::WeightFormat;
+use namm_worker::llm::Llm;
 use namm_worker::WorkerConfig;
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +42,23 @@ struct Cli {
     /// Connect over TLS, trusting the CA (or self-signed certificate) in this PEM file.
     #[arg(long, value_name = "PEM")]
     tls_ca: Option<PathBuf>,
+    /// GGUF model to evaluate NAMM units on. Its sha256 is sent at registration and the
+    /// coordinator hands this worker only the runs made for that model. Without it the
+    /// worker takes benchmark units only.
+    #[arg(long, env = "NAMM_MODEL", value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// How the model's weights are held in memory: gguf (as stored), f32, q8_0, f32+q8_0 or
+    /// f32+gguf (f32 for prefill, the file's blocks for decoding; the fastest on a CPU).
+    #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
+    format: WeightFormat,
+    /// Prompts whose tokens and shared prefix (the cache before the first policy call at token
+    /// 512, identical for every candidate) are kept for the next candidates; ~70 MB each.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    prompt_cache: usize,
+}
+
+fn parse_format(s: &str) -> Result<WeightFormat, String> {
+    s.parse::<WeightFormat>().map_err(|e| e.to_string())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +72,15 @@ fn main() -> anyhow::Result<()> {
     if cli.slots == 0 || cli.slots > 1024 {
         anyhow::bail!("--slots {}: must be between 1 and 1024", cli.slots);
     }
+    let llm = match &cli.model {
+        Some(path) => {
+            let started = std::time::Instant::now();
+            let llm = Llm::load(path, cli.format, cli.prompt_cache)?;
+            tracing::info!(model = %path.display(), sha256 = %llm.sha256(), format = %cli.format, secs = started.elapsed().as_secs_f64(), "model loaded");
+            Some(Arc::new(llm))
+        }
+        None => None,
+    };
     let cfg = WorkerConfig {
         coordinator: cli.coordinator,
         name: cli.name.unwrap_or_else(namm_worker::default_name),
@@ -61,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             token: resolve_token(cli.token, cli.token_file.as_deref())?,
             tls_ca: cli.tls_ca,
         },
+        llm,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(namm_worker::run(cfg, async {
