@@ -5,7 +5,13 @@ use crate::output::{
 };
 use crate::source::Source;
 use anyhow::Context;
+use namm::policy::NammParams;
+use namm::spec::RunSpec;
+use namm::stats::NormStats;
+use namm_proto::{RunRecord, UnitKind};
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 pub async fn history(source: &mut Source, run_id: u64, format: Format) -> anyhow::Result<()> {
     let gens = source.history(run_id).await?;
@@ -43,8 +49,13 @@ pub async fn show(
         let key = e.key.unwrap_or_default();
         let fitness = Some(e.fitness);
         let scores: Vec<String> = e.items.iter().map(|i| v(i.score)).collect();
+        let cand = match key.kind() {
+            UnitKind::Candidate => key.candidate.to_string(),
+            UnitKind::Reference => "ref".into(),
+            UnitKind::Heldout => "heldout".into(),
+        };
         t.row(vec![
-            key.candidate.to_string(),
+            cand,
             key.shard.to_string(),
             fitness.map_or_else(|| "-".into(), v),
             scores.join(" "),
@@ -52,6 +63,11 @@ pub async fn show(
             format!("{:.4}", e.eval_seconds),
         ]);
         candidates.push(json!({
+            "kind": match key.kind() {
+                UnitKind::Candidate => "candidate",
+                UnitKind::Reference => "reference",
+                UnitKind::Heldout => "heldout",
+            },
             "candidate": key.candidate,
             "shard": key.shard,
             "fitness": fitness.and_then(serde_json::Number::from_f64),
@@ -100,10 +116,41 @@ pub async fn show(
     Ok(())
 }
 
-pub async fn best(source: &mut Source, run_id: u64, format: Format) -> anyhow::Result<()> {
+/// Which vector `namm best --export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    /// The CMA-ES mean after the latest generation (what the paper evaluates).
+    Mean,
+    /// The best candidate seen, on the prompts of its own generation.
+    Best,
+}
+
+pub async fn best(
+    source: &mut Source,
+    run_id: u64,
+    export: Option<&Path>,
+    which: Which,
+    format: Format,
+) -> anyhow::Result<()> {
     let run = source.get_run(run_id).await?;
     if run.best_params.is_empty() {
         anyhow::bail!("run {run_id} has no finished generation yet");
+    }
+    if let Some(path) = export {
+        let file = export_params(&run, which)?;
+        file.save(path)
+            .with_context(|| format!("--export {}", path.display()))?;
+        outln!(
+            "wrote the {} of run {run_id} after generation {} to {} (evaluate it with `namm eval --policy namm:{}`)",
+            match which {
+                Which::Mean => "mean",
+                Which::Best => "best candidate",
+            },
+            run.generations_done.saturating_sub(1),
+            path.display(),
+            path.display()
+        );
+        return Ok(());
     }
     match format {
         Format::Json => print_json(&json!({
@@ -142,4 +189,52 @@ pub async fn best(source: &mut Source, run_id: u64, format: Format) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// A NAMM parameter file from a run: θ, the run's frozen statistics and where they came from.
+fn export_params(run: &RunRecord, which: Which) -> anyhow::Result<NammParams> {
+    let spec = RunSpec::from_toml(&run.spec_toml)
+        .with_context(|| format!("run {}: stored spec", run.run_id))?;
+    let namm = spec.namm.as_ref().with_context(|| {
+        format!(
+            "run {} is a {} run, not a NAMM run: there is no memory policy to export",
+            run.run_id, run.objective
+        )
+    })?;
+    let stats = run.frozen_stats.as_ref().with_context(|| {
+        format!(
+            "run {} has no frozen statistics yet (its reference pass has not finished)",
+            run.run_id
+        )
+    })?;
+    let stats = NormStats::new(stats.mean.clone(), stats.var.clone(), stats.count)
+        .with_context(|| format!("run {}: stored statistics", run.run_id))?;
+    let (values, generation) = match which {
+        Which::Mean => (&run.mean, run.generations_done.saturating_sub(1)),
+        Which::Best => (&run.best_params, run.best_generation),
+    };
+    let stage = namm.stage_of(generation);
+    let metadata = BTreeMap::from([
+        ("run_id".to_string(), run.run_id.to_string()),
+        ("run_name".to_string(), run.name.clone()),
+        (
+            "vector".to_string(),
+            match which {
+                Which::Mean => "mean".to_string(),
+                Which::Best => "best".to_string(),
+            },
+        ),
+        ("generation".to_string(), generation.to_string()),
+        ("generations_done".to_string(), run.generations_done.to_string()),
+        ("model".to_string(), namm.model.clone()),
+        ("model_sha256".to_string(), namm.model_sha256.clone()),
+        ("tasks".to_string(), namm.stage_tasks(stage).join(";")),
+        ("best_fitness".to_string(), run.best_fitness.to_string()),
+        ("sigma".to_string(), run.sigma.to_string()),
+    ]);
+    Ok(NammParams {
+        params: values.iter().map(|&v| v as f32).collect(),
+        stats,
+        metadata,
+    })
 }

@@ -97,10 +97,18 @@ enum ClusterCommand {
         run: u64,
         generation: u32,
     },
-    /// The best parameters found so far, and the current mean.
+    /// The best parameters found so far, and the current mean; with --export, a NAMM run's
+    /// policy as a parameter file for `namm eval --policy namm:FILE`.
     Best {
         /// Run id, as `namm runs` lists it.
         run: u64,
+        /// Write θ, the frozen normalisation statistics and metadata (model sha256, tasks,
+        /// generation) to this safetensors file instead of printing.
+        #[arg(long, value_name = "FILE.safetensors")]
+        export: Option<PathBuf>,
+        /// Which vector --export writes.
+        #[arg(long, value_enum, default_value = "mean")]
+        which: history::Which,
     },
     /// Workers the coordinator knows.
     Workers,
@@ -152,7 +160,9 @@ async fn main() -> anyhow::Result<()> {
         C::Cancel { run } => runs::cancel(&mut source, run, format).await,
         C::History { run } => history::history(&mut source, run, format).await,
         C::Show { run, generation } => history::show(&mut source, run, generation, format).await,
-        C::Best { run } => history::best(&mut source, run, format).await,
+        C::Best { run, export, which } => {
+            history::best(&mut source, run, export.as_deref(), which, format).await
+        }
         C::Workers => workers::list(&mut source, format).await,
         C::Watch { run, from } => watch::watch(&mut source, run, from, format).await,
     }

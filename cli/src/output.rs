@@ -170,12 +170,34 @@ pub fn generation_json(g: &GenerationRecord) -> Value {
         "generation_seconds": f(g.generation_seconds),
         "started_unix_ms": g.started_unix_ms,
         "finished_unix_ms": g.finished_unix_ms,
+        "stage": g.stage,
+        "mean_kept_fraction": f(g.mean_kept_fraction),
+        "candidate_tasks": g.candidate_tasks.iter().map(|c| json!({
+            "kept_fraction": f(c.kept_fraction),
+            "tasks": c.tasks.iter().map(task_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "heldout": g.heldout.as_ref().map(|h| json!({
+            "fitness": f(h.fitness),
+            "kept_fraction": f(h.kept_fraction),
+            "tasks": h.tasks.iter().map(task_json).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+fn task_json(t: &namm_proto::TaskScore) -> Value {
+    json!({
+        "task": t.task,
+        "score": f(t.score),
+        "reference": f(t.reference),
+        "normalised": f(t.normalised),
+        "kept_fraction": f(t.kept_fraction),
+        "prompts": t.prompts,
     })
 }
 
 pub fn generation_header() -> Vec<&'static str> {
     vec![
-        "GEN", "EVALS", "BEST", "MEAN", "GEN_BEST", "SIGMA", "WALL_S",
+        "GEN", "EVALS", "BEST", "MEAN", "GEN_BEST", "SIGMA", "WALL_S", "KEPT", "HELDOUT",
     ]
 }
 
@@ -189,6 +211,12 @@ pub fn generation_row(g: &GenerationRecord, format: Format) -> Vec<String> {
         v(g.generation_best_fitness),
         v(g.sigma_after),
         format!("{:.3}", g.wall_seconds),
+        if g.candidate_tasks.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.3}", g.mean_kept_fraction)
+        },
+        g.heldout.as_ref().map_or("-".into(), |h| v(h.fitness)),
     ]
 }
 

@@ -21,6 +21,7 @@ pub async fn list(source: &mut Source, format: Format) -> anyhow::Result<()> {
         "WORKER",
         "NAME",
         "DEVICE",
+        "MODEL",
         "THREADS",
         "SLOTS",
         "LEASES",
@@ -34,6 +35,16 @@ pub async fn list(source: &mut Source, format: Format) -> anyhow::Result<()> {
             w.worker_id.clone(),
             w.name.clone(),
             w.device.clone(),
+            // The first 12 hex digits name a model well enough in a table; --json has them all.
+            if w.model_sha256.is_empty() {
+                "-".into()
+            } else {
+                w.model_sha256
+                    .iter()
+                    .map(|m| m.chars().take(12).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             w.threads.to_string(),
             w.slots.to_string(),
             w.active_leases.to_string(),

@@ -814,4 +814,196 @@ mod tests {
             .iter()
             .all(|g| g.complete && g.population.is_empty()));
     }
+
+    const NAMM_SPEC: &str = r#"
+seed = 3
+[strategy]
+population = 4
+[stop]
+max_generations = 3
+target_fitness = inf
+[namm]
+tasks = ["passkey:len=600"]
+pool_size = 4
+heldout_size = 2
+prompts_per_task = 2
+shard_size = 1
+heldout_every = 2
+[[namm.stages]]
+from_generation = 2
+tasks = ["passkey:len=600", "niah-multikey:len=600"]
+"#;
+
+    /// The full cache answers the odd prompts; candidate 0 answers every prompt, the others
+    /// none. Reference shard s reports statistics with mean s and count 10.
+    fn namm_eval(run: &ActiveRun, key: UnitKey) -> EvalRecord {
+        let items: Vec<ItemResult> = run
+            .item_ids(&key)
+            .into_iter()
+            .map(|id| {
+                let (_, index) = training::parse_item_id(&id).unwrap();
+                let score = match key.kind() {
+                    UnitKind::Reference => (index % 2) as f64,
+                    _ if key.candidate == 0 => 1.0,
+                    _ => 0.0,
+                };
+                ItemResult {
+                    item_id: id,
+                    score,
+                    extra: [(KEPT_FRACTION.to_string(), 0.5)].into(),
+                }
+            })
+            .collect();
+        let norm_stats = (key.kind() == UnitKind::Reference).then(|| namm_proto::NormStats {
+            mean: vec![f64::from(key.shard); 17],
+            var: vec![1.0; 17],
+            count: 10.0,
+        });
+        EvalRecord {
+            key: Some(key),
+            items,
+            norm_stats,
+            ..Default::default()
+        }
+    }
+
+    /// Answers the units of the current phase (not those a finished reference pass plans).
+    fn answer_all(run: &mut ActiveRun, store: &Store) -> Option<Told> {
+        let mut told = None;
+        for key in run.missing_units() {
+            let eval = namm_eval(run, key);
+            store.put_eval(&eval).unwrap();
+            if run.record_result(eval) {
+                told = run.advance(store).unwrap();
+            }
+        }
+        told
+    }
+
+    #[test]
+    fn a_namm_run_goes_reference_then_candidates_then_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut run = ActiveRun::create(&store, RunSpec::from_toml(NAMM_SPEC).unwrap()).unwrap();
+
+        // Generation 0 starts with the full-cache pass over the pool and held-out prompts.
+        assert!(run.in_reference_pass());
+        let refs = run.missing_units();
+        assert_eq!(refs.len(), 6);
+        assert!(refs.iter().all(|k| k.kind() == UnitKind::Reference));
+        assert!(run.params(&refs[0]).iter().all(|&v| v == 0.0));
+        let Some(objective::Kind::Namm(obj)) = run.objective(&refs[0]).kind else {
+            panic!("a NAMM objective");
+        };
+        assert!(obj.norm_stats.is_none(), "the first pass accumulates");
+        assert!(answer_all(&mut run, &store).is_none());
+
+        // Statistics merged in shard order (means 0..5, count 10 each) and frozen.
+        let stats = run.record.frozen_stats.clone().unwrap();
+        assert_eq!(stats.count, 60.0);
+        assert!((stats.mean[0] - 2.5).abs() < 1e-12, "{:?}", stats.mean);
+        assert_eq!(run.record.reference_scores.len(), 6);
+        assert_eq!(store.get_run(run.id()).unwrap().unwrap().frozen_stats, Some(stats.clone()));
+        assert!(!run.in_reference_pass());
+        let units = run.missing_units();
+        assert_eq!(units.len(), 4 * 2, "4 candidates × 2 one-prompt shards");
+        let Some(objective::Kind::Namm(obj)) = run.objective(&units[0]).kind else {
+            panic!("a NAMM objective");
+        };
+        assert_eq!(obj.norm_stats, Some(stats));
+
+        // A restart in the middle of the generation asks for exactly what is still missing.
+        for key in units.iter().take(3) {
+            let eval = namm_eval(&run, *key);
+            store.put_eval(&eval).unwrap();
+            run.record_result(eval);
+        }
+        let record = store.get_run(run.id()).unwrap().unwrap();
+        let mut run = ActiveRun::resume(&store, record).unwrap();
+        assert_eq!(run.missing_units(), units[3..].to_vec());
+
+        let told = answer_all(&mut run, &store).unwrap();
+        let g0 = told.finished.unwrap();
+        // Candidate 0 answers both drawn prompts: per task score 1 over the reference's mean,
+        // floored at one prompt of two.
+        let drawn: Vec<String> = run_items(&g0);
+        let reference: f64 = drawn
+            .iter()
+            .map(|id| run.record.reference_scores[id])
+            .sum::<f64>()
+            / 2.0;
+        assert_eq!(g0.fitness[0], 1.0 / reference.max(0.5));
+        assert_eq!(g0.fitness[1], 0.0);
+        assert_eq!(g0.candidate_tasks.len(), 4);
+        assert_eq!(g0.mean_kept_fraction, 0.5);
+        assert!(g0.heldout.is_none());
+        assert_eq!(run.record.best_candidate, 0);
+
+        // Generation 1: no held-out evaluation (every 2nd generation from 2 on).
+        let g1 = answer_all(&mut run, &store).unwrap().finished.unwrap();
+        assert!(g1.heldout.is_none());
+
+        // Generation 2 opens stage 1, which adds a task: a reference pass for it alone, now
+        // with the frozen statistics, then candidates on both tasks and the held-out prompts.
+        assert!(run.in_reference_pass());
+        let refs = run.missing_units();
+        assert_eq!(refs.len(), 6);
+        assert!(run
+            .item_ids(&refs[0])
+            .iter()
+            .all(|id| id.starts_with("niah-multikey")));
+        let Some(objective::Kind::Namm(obj)) = run.objective(&refs[0]).kind else {
+            panic!("a NAMM objective");
+        };
+        assert!(obj.norm_stats.is_some());
+        assert!(answer_all(&mut run, &store).is_none());
+        assert_eq!(run.missing_units().len(), 4 * 4 + 4);
+        let told = answer_all(&mut run, &store).unwrap();
+        let g2 = told.finished.unwrap();
+        assert_eq!(g2.stage, 1);
+        assert_eq!(g2.candidate_tasks[0].tasks.len(), 2);
+        let heldout = g2.heldout.unwrap();
+        assert_eq!(heldout.tasks.len(), 2);
+        assert_eq!(heldout.tasks[0].prompts, 2);
+        // The held-out units evaluate mean_before; the fake scores it like candidate 0.
+        assert!(heldout.fitness > 0.0);
+        assert_eq!(told.run.status, RunStatus::Finished as i32);
+        assert_eq!(store.get_run(run.id()).unwrap().unwrap().frozen_stats.unwrap().count, 60.0);
+    }
+
+    /// The training prompts of a finished generation, from its stored evaluations' order.
+    fn run_items(g: &GenerationRecord) -> Vec<String> {
+        let spec = RunSpec::from_toml(NAMM_SPEC).unwrap();
+        let namm = spec.namm.unwrap();
+        let tasks = namm.stage_tasks(g.stage).to_vec();
+        let mut rng = rng_for(spec.seed, u64::from(g.generation), Purpose::Prompts);
+        training::draw_prompts(&namm, &tasks, &mut rng)
+            .into_iter()
+            .zip(&tasks)
+            .flat_map(|(idx, t)| idx.into_iter().map(move |i| training::item_id(t, i)))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_reference_pass_fails_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut run = ActiveRun::create(&store, RunSpec::from_toml(NAMM_SPEC).unwrap()).unwrap();
+        let mut told = None;
+        for key in run.missing_units() {
+            let mut eval = namm_eval(&run, key);
+            if key.shard == 2 {
+                eval.items[0].score = f64::NAN;
+            }
+            store.put_eval(&eval).unwrap();
+            if run.record_result(eval) {
+                told = run.advance(&store).unwrap();
+            }
+        }
+        let told = told.unwrap();
+        assert!(told.finished.is_none());
+        assert_eq!(told.run.status, RunStatus::Failed as i32);
+        assert!(told.run.stop_reason.contains("#2"), "{}", told.run.stop_reason);
+        assert!(!run.is_running());
+    }
 }

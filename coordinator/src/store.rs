@@ -273,6 +273,7 @@ fn tx_result<T>(r: std::result::Result<T, TransactionError<()>>) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use namm_proto::UnitKind;
 
     #[test]
     fn keys_sort_by_run_generation_candidate_shard() {
@@ -282,10 +283,22 @@ mod tests {
                 generation,
                 candidate,
                 shard,
+                kind: 0,
             })
         };
+        let reference = eval_key(&UnitKey {
+            run_id: 1,
+            generation: 0,
+            candidate: 0,
+            shard: 0,
+            kind: UnitKind::Reference as i32,
+        });
+        // Another kind of the same (candidate, shard) is a distinct key in the generation.
+        assert_ne!(reference, k(1, 0, 0, 0));
+        assert!(reference.starts_with(&gen_key(1, 0)));
         let ordered = [
             k(1, 0, 0, 0),
+            reference,
             k(1, 0, 0, 1),
             k(1, 0, 1, 0),
             k(1, 1, 0, 0),
