@@ -13,6 +13,7 @@ macro_rules! outln {
 mod eval;
 mod history;
 mod output;
+mod plot;
 mod replay;
 mod runs;
 mod source;
@@ -125,6 +126,9 @@ enum ClusterCommand {
         #[arg(long, value_name = "GEN")]
         from: Option<u32>,
     },
+    /// Draw a run's fitness per generation (and a NAMM run's kept cache fraction) to a PNG or
+    /// SVG file.
+    Plot(plot::PlotArgs),
 }
 
 #[tokio::main]
@@ -165,5 +169,6 @@ async fn main() -> anyhow::Result<()> {
         }
         C::Workers => workers::list(&mut source, format).await,
         C::Watch { run, from } => watch::watch(&mut source, run, from, format).await,
+        C::Plot(args) => plot::run(&mut source, &args).await,
     }
 }
