@@ -91,7 +91,7 @@ pub async fn show(
         Format::Csv => out!("{}", t.render(format)),
         Format::Table => {
             outln!(
-                "run {run_id} generation {generation}: {}, {} of {} evaluation(s) in",
+                "run {run_id} generation {generation}: {}, {} unit report(s) in ({} candidates)",
                 if g.complete { "complete" } else { "in flight" },
                 resp.evals.len(),
                 if g.complete {

@@ -18,6 +18,7 @@ fn spec_text() -> impl Strategy<Value = String> {
             Just("rosenbrock"),
             Just("rastrigin"),
             Just("ellipsoid"),
+            Just("namm"),
             Just("nope")
         ],
         -5i64..20_000,
@@ -66,12 +67,12 @@ fn toml_float(v: f64) -> String {
 fn check_spec(text: &str) -> Result<(), TestCaseError> {
     match RunSpec::from_toml(text) {
         Ok(spec) => {
-            prop_assert!(spec.objective.dim >= 1 && spec.objective.dim <= MAX_DIM);
+            prop_assert!(spec.dim() >= 1 && spec.dim() <= MAX_DIM);
             prop_assert!(spec.population() >= 2);
-            prop_assert!(spec.population() * spec.objective.dim <= MAX_GENERATION_VALUES);
-            prop_assert!(spec.strategy.sigma0.is_finite() && spec.strategy.sigma0 > 0.0);
+            prop_assert!(spec.population() * spec.dim() <= MAX_GENERATION_VALUES);
+            prop_assert!(spec.sigma0().is_finite() && spec.sigma0() > 0.0);
             prop_assert!(spec.x0().iter().all(|x| x.is_finite()));
-            prop_assert_eq!(spec.x0().len(), spec.objective.dim);
+            prop_assert_eq!(spec.x0().len(), spec.dim());
             let again = RunSpec::from_toml(&spec.to_toml());
             prop_assert_eq!(again.as_ref(), Ok(&spec));
         }

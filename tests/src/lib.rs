@@ -47,6 +47,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The GGUF model of the LLM tests: `NAMM_MODEL`, or the one scripts/fetch-model.sh puts in
+/// `models/`.
+pub fn model_path() -> PathBuf {
+    let path = std::env::var_os("NAMM_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+            ))
+        });
+    assert!(
+        path.is_file(),
+        "model file {} not found: run scripts/fetch-model.sh (or set NAMM_MODEL)",
+        path.display()
+    );
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -1,0 +1,135 @@
+//! End-to-end NAMM evolution on the real model: a coordinator, a worker process that holds
+//! the GGUF and one that does not, a few small generations, then the export evaluated by
+//! `namm eval`.
+
+use namm_tests::{model_path, stderr, Cluster};
+use serde_json::Value;
+use std::time::Duration;
+
+const SPEC: &str = r#"
+name = "namm-e2e"
+seed = 2
+[strategy]
+population = 4
+[stop]
+max_generations = 2
+target_fitness = inf
+[namm]
+tasks = ["passkey:len=600"]
+pool_size = 4
+heldout_size = 2
+prompts_per_task = 2
+shard_size = 2
+heldout_every = 1
+"#;
+
+fn finite(v: &Value) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{v} is not a finite number"));
+    assert!(x.is_finite());
+    x
+}
+
+#[test]
+fn a_namm_run_evolves_exports_and_the_export_evaluates() {
+    let model = model_path();
+    let model = model.to_str().unwrap();
+    let c = Cluster::new();
+    let spec = c.file("namm.toml", SPEC);
+    let mut coord = c.coordinator(
+        "coord",
+        &[
+            "--run",
+            spec.to_str().unwrap(),
+            "--local-workers",
+            "0",
+            "--exit-when-done",
+        ],
+    );
+    // A worker without the model registers too, but must never be handed a NAMM unit.
+    let _bare = c.worker("bare", &[]);
+    let _llm = c.worker("llm", &["--model", model]);
+    let status = coord
+        .wait_exit(Duration::from_secs(900))
+        .expect("the NAMM run did not finish");
+    assert!(status.success(), "{}", coord.log());
+
+    let runs = c.json_db(&["runs"]);
+    let run = &runs[0];
+    assert_eq!(run["status"], "finished", "{run}");
+    assert_eq!(run["objective"], "namm:SmolLM2-135M-Instruct.Q4_1.gguf");
+
+    let history = c.json_db(&["history", "1"]);
+    let gens = history.as_array().unwrap();
+    assert_eq!(gens.len(), 2);
+    for g in gens {
+        assert_eq!(g["candidate_tasks"].as_array().unwrap().len(), 4, "{g}");
+        let kept = finite(&g["mean_kept_fraction"]);
+        assert!(kept > 0.0 && kept <= 1.0, "{g}");
+        for f in g["fitness"].as_array().unwrap() {
+            assert!(finite(f) >= 0.0, "{g}");
+        }
+        let task = &g["candidate_tasks"][0]["tasks"][0];
+        assert_eq!(task["task"], "passkey:len=600,depth=random");
+        assert_eq!(task["prompts"], 2);
+    }
+    assert!(gens[0]["heldout"].is_null(), "no held-out pass at generation 0");
+    let heldout = &gens[1]["heldout"];
+    assert!(finite(&heldout["fitness"]) >= 0.0, "{heldout}");
+    assert_eq!(heldout["tasks"][0]["prompts"], 2);
+
+    // Every unit, the reference pass included, ran on the worker that holds the model.
+    for g in 0..2 {
+        let shown = c.json_db(&["show", "1", &g.to_string()]);
+        let evals = shown["evaluations"].as_array().unwrap();
+        assert!(!evals.is_empty());
+        for e in evals {
+            assert_eq!(e["worker_name"], "llm", "{e}");
+        }
+        if g == 0 {
+            assert!(evals.iter().any(|e| e["kind"] == "reference"));
+        }
+    }
+
+    let exported = c.dir.path().join("namm.safetensors");
+    let out = c.cli_db(&["best", "1", "--export", exported.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = format!("namm:{}", exported.display());
+    let out = namm_tests::run_cli(
+        &[
+            "eval",
+            "--model",
+            model,
+            "--task",
+            "passkey:len=600",
+            "--seed",
+            "7",
+            "--samples",
+            "1",
+            "--policy",
+            "full",
+            "--policy",
+            &policy,
+            "--json",
+        ]
+        .map(String::from),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1]["policy"], policy);
+    let kept = finite(&results[1]["mean_kept_fraction"]);
+    assert!(kept > 0.0 && kept <= 1.0, "{}", results[1]);
+    assert_eq!(finite(&results[0]["mean_kept_fraction"]), 1.0);
+
+    // A benchmark run has nothing to export.
+    let other = Cluster::uninterrupted(
+        "[objective]\nkind = \"sphere\"\ndim = 2\n[stop]\nmax_generations = 2\n",
+        1,
+    );
+    let out = other.cli_db(&["best", "1", "--export", exported.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a NAMM run"), "{}", stderr(&out));
+}
