@@ -20,9 +20,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the coordinator, resuming every unfinished run in the database. Without --run,
-    /// a database that holds no run gets the default NAMM run (SmolLM2-135M, passkey at 1536
-    /// tokens, population 32) and one local worker process that loads --model; stop with
-    /// Ctrl-C and start again to resume it.
+    /// a database that holds no run gets the default NAMM run (SmolLM2-135M; passkey and
+    /// multi-key needle-in-a-haystack at 1024 tokens; population 32) and one local worker
+    /// process that loads --model; stop with Ctrl-C and start again to resume it.
     Start {
         /// Address to serve gRPC on.
         #[arg(long, default_value = "127.0.0.1:50051")]

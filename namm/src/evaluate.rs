@@ -394,6 +394,11 @@ impl Prepared<'_> {
     pub fn prefix_len(&self) -> usize {
         self.prefix_len
     }
+
+    /// Seconds the shared prefix took to prefill (0 without one).
+    pub fn prefix_secs(&self) -> f64 {
+        self.prefix_secs
+    }
 }
 
 /// Tokens of a `len`-token prompt that every policy processes identically: whole 128-token

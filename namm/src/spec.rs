@@ -174,11 +174,14 @@ impl Default for NammSpec {
         NammSpec {
             model: DEFAULT_MODEL_FILE.into(),
             model_sha256: DEFAULT_MODEL_SHA256.into(),
-            tasks: vec!["passkey:len=1536".into()],
+            tasks: vec![
+                "passkey:len=1024".into(),
+                "niah-multikey:len=1024".into(),
+            ],
             stages: Vec::new(),
             task_seed: 0,
             pool_size: 64,
-            prompts_per_task: 8,
+            prompts_per_task: 4,
             heldout_size: 16,
             heldout_every: 5,
             shard_size: 4,
@@ -626,7 +629,13 @@ target_fitness = -1e-8
         assert_eq!(spec.eigen(), Eigen::Lazy);
         let namm = spec.namm.as_ref().unwrap();
         assert_eq!(namm.model_sha256, DEFAULT_MODEL_SHA256);
-        assert_eq!(namm.tasks, vec!["passkey:len=1536,depth=random"]);
+        assert_eq!(
+            namm.tasks,
+            vec![
+                "passkey:len=1024,depth=random",
+                "niah-multikey:len=1024,keys=4,depth=random"
+            ]
+        );
         // The stored canonical form parses back to the same run.
         assert_eq!(RunSpec::from_toml(&spec.to_toml()).unwrap(), spec);
     }

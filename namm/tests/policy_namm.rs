@@ -217,3 +217,26 @@ fn heads_on_threads_compute_exactly_what_one_thread_computes() {
     assert_eq!(serial.scores(), parallel.scores());
     assert_eq!(serial.features(), parallel.features());
 }
+
+/// The shipped trained NAMM (`assets/namm-smollm2-135m.safetensors`) loads as `namm:default`,
+/// with frozen statistics and where it came from.
+#[test]
+fn the_shipped_namm_loads_as_default() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../",
+        "assets/namm-smollm2-135m.safetensors"
+    ));
+    let file = NammParams::load(path).unwrap();
+    assert_eq!(file.params.len(), namm::policy::PARAM_COUNT);
+    assert!(file.params.iter().all(|v| v.is_finite()));
+    assert!(file.params.iter().any(|&v| v != 0.0), "an evolved θ, not zeros");
+    assert!(file.stats.count > 0.0, "statistics frozen from a reference pass");
+    assert_eq!(
+        file.metadata.get("model_sha256").map(String::as_str),
+        Some(namm::spec::DEFAULT_MODEL_SHA256)
+    );
+    let policy = parse_policy("namm:default").unwrap();
+    assert!(policy.name().starts_with("namm:"), "{}", policy.name());
+    assert!(policy.inputs().attention);
+}

@@ -150,9 +150,15 @@ impl Llm {
         item_id: &str,
         policy: &mut dyn MemoryPolicy,
     ) -> anyhow::Result<ItemResult> {
-        let prepared = self.prepared(task_seed, item_id)?;
+        let (prepared, cached) = self.prepared(task_seed, item_id)?;
         let (r, _) = self.evaluator.run_prepared(&prepared, policy)?;
+        // The model's own compute for this prompt in this unit: a prefix taken from the cache
+        // was computed (and counted) by an earlier unit.
+        let reused = if cached { prepared.prefix_secs() } else { 0.0 };
+        let forward_secs = r.prefill_secs + r.decode_secs - r.policy_secs - reused;
         let extra = HashMap::from([
+            ("forward_secs".to_string(), forward_secs),
+            ("prefix_cached".to_string(), f64::from(u8::from(cached))),
             (KEPT_FRACTION.to_string(), r.kept_fraction),
             ("prompt_tokens".to_string(), r.prompt_tokens as f64),
             ("generated_tokens".to_string(), r.generated_tokens as f64),
@@ -171,14 +177,19 @@ impl Llm {
     /// The cached preparation of a prompt, made on first use. Prefixes are prefilled with the
     /// attention taps a NAMM needs, whatever policy asks first, so every later candidate can
     /// share them.
-    fn prepared(&self, task_seed: u64, item_id: &str) -> anyhow::Result<Arc<Prepared<'static>>> {
+    /// Also says whether it came from the cache.
+    fn prepared(
+        &self,
+        task_seed: u64,
+        item_id: &str,
+    ) -> anyhow::Result<(Arc<Prepared<'static>>, bool)> {
         let key = (task_seed, item_id.to_string());
         let task = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = cache.prompts.get(&key).cloned() {
                 cache.order.retain(|k| k != &key);
                 cache.order.push_back(key);
-                return Ok(p);
+                return Ok((p, true));
             }
             let (task, _) = parse_item_id(item_id).map_err(anyhow::Error::msg)?;
             match cache.tasks.get(task) {
@@ -213,6 +224,6 @@ impl Llm {
             cache.prompts.insert(key.clone(), prepared.clone());
             cache.order.push_back(key);
         }
-        Ok(prepared)
+        Ok((prepared, false))
     }
 }
