@@ -165,6 +165,15 @@ async fn hand_back(mut client: Client, held: &Mutex<Held>) {
     }
 }
 
+fn device(cfg: &WorkerConfig) -> String {
+    #[cfg(feature = "engine")]
+    if let Some(llm) = &cfg.llm {
+        return llm.device().to_string();
+    }
+    let _ = cfg;
+    "cpu".into()
+}
+
 fn model_sha256(cfg: &WorkerConfig) -> Vec<String> {
     #[cfg(feature = "engine")]
     if let Some(llm) = &cfg.llm {
@@ -183,7 +192,7 @@ async fn session(
     let reg = match client
         .register(RegisterRequest {
             name: cfg.name.clone(),
-            device: "cpu".into(),
+            device: device(cfg),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),

@@ -30,6 +30,7 @@ pub struct Llm {
     evaluator: &'static Evaluator,
     sha256: String,
     path: PathBuf,
+    device: String,
     cache: Mutex<PromptCache>,
 }
 
@@ -51,17 +52,25 @@ impl std::fmt::Debug for Llm {
 }
 
 impl Llm {
-    /// Loads the GGUF model at `path` (and hashes it, to match run specs to it).
-    pub fn load(path: &Path, format: WeightFormat, prompt_cache: usize) -> anyhow::Result<Llm> {
+    /// Loads the GGUF model at `path` onto `device` (`cpu`, `cuda`, `cuda:N`) and hashes it,
+    /// to match run specs to it.
+    pub fn load(
+        path: &Path,
+        device: &str,
+        format: WeightFormat,
+        prompt_cache: usize,
+    ) -> anyhow::Result<Llm> {
         let sha256 = namm::digest::file_sha256(path)
             .with_context(|| format!("--model {}", path.display()))?;
-        let cpu = namm::evaluate::parse_device("cpu")?;
-        let evaluator = Evaluator::load(path, &cpu, format)
+        let dev = namm::evaluate::parse_device(device)
+            .with_context(|| format!("--device {device}"))?;
+        let evaluator = Evaluator::load(path, &dev, format)
             .with_context(|| format!("--model {}", path.display()))?;
         Ok(Llm {
             evaluator: Box::leak(Box::new(evaluator)),
             sha256,
             path: path.to_path_buf(),
+            device: device.trim().to_string(),
             cache: Mutex::new(PromptCache {
                 capacity: prompt_cache,
                 prompts: HashMap::new(),
@@ -77,6 +86,11 @@ impl Llm {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The device spec the model runs on, as reported at registration.
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     /// Runs every item of a NAMM unit. A unit it cannot run at all (other model, wrong θ

@@ -51,6 +51,10 @@ struct Cli {
     /// f32+gguf (f32 for prefill, the file's blocks for decoding; the fastest on a CPU).
     #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
     format: WeightFormat,
+    /// Where the model runs: cpu, cuda or cuda:N (cuda needs a build with the `cuda`
+    /// feature). Reported at registration; `namm workers` shows it.
+    #[arg(long, default_value = "cpu", requires = "model")]
+    device: String,
     /// Prompts whose tokens and shared prefix (the cache before the first policy call at token
     /// 512, identical for every candidate) are kept for the next candidates; ~70 MB each.
     #[arg(long, default_value_t = 32, value_name = "N")]
@@ -75,8 +79,8 @@ fn main() -> anyhow::Result<()> {
     let llm = match &cli.model {
         Some(path) => {
             let started = std::time::Instant::now();
-            let llm = Llm::load(path, cli.format, cli.prompt_cache)?;
-            tracing::info!(model = %path.display(), sha256 = %llm.sha256(), format = %cli.format, secs = started.elapsed().as_secs_f64(), "model loaded");
+            let llm = Llm::load(path, &cli.device, cli.format, cli.prompt_cache)?;
+            tracing::info!(model = %path.display(), sha256 = %llm.sha256(), format = %cli.format, device = %llm.device(), secs = started.elapsed().as_secs_f64(), "model loaded");
             Some(Arc::new(llm))
         }
         None => None,
