@@ -225,7 +225,10 @@ fn export_params(run: &RunRecord, which: Which) -> anyhow::Result<NammParams> {
             },
         ),
         ("generation".to_string(), generation.to_string()),
-        ("generations_done".to_string(), run.generations_done.to_string()),
+        (
+            "generations_done".to_string(),
+            run.generations_done.to_string(),
+        ),
         ("model".to_string(), namm.model.clone()),
         ("model_sha256".to_string(), namm.model_sha256.clone()),
         ("tasks".to_string(), namm.stage_tasks(stage).join(";")),

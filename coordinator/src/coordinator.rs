@@ -286,9 +286,8 @@ impl Coordinator {
             worker_id,
             slots,
             |key| {
-                runs.get(&key.run_id).is_some_and(|r| {
-                    r.is_running() && r.knows(key) && !r.has_result(key)
-                })
+                runs.get(&key.run_id)
+                    .is_some_and(|r| r.is_running() && r.knows(key) && !r.has_result(key))
             },
             // Units of an LLM run go only to workers that hold its model.
             |key| {
@@ -375,13 +374,13 @@ impl Coordinator {
                 ));
             }
             return Err(CoordError::InvalidArgument(format!(
-                "key names no unit of run {} generation {}: candidate {} shard {} kind {} \
-                 (population {})",
-                key.run_id,
-                key.generation,
+                "key.candidate = {}, key.shard = {}, key.kind = {} name no unit of run {} \
+                 generation {} (population {})",
                 key.candidate,
                 key.shard,
                 key.kind,
+                key.run_id,
+                key.generation,
                 run.population_size()
             )));
         }

@@ -414,7 +414,10 @@ impl ActiveRun {
                     })
                     .and_then(|s| {
                         NormStats::new(s.mean.clone(), s.var.clone(), s.count).map_err(|e| {
-                            format!("reference unit {} reported bad statistics: {e}", unit_id(&u.key))
+                            format!(
+                                "reference unit {} reported bad statistics: {e}",
+                                unit_id(&u.key)
+                            )
                         })
                     })
                     .and_then(|s| match &merged {
@@ -492,11 +495,9 @@ impl ActiveRun {
         let tasks = namm.stage_tasks(self.gen.stage);
         (0..population)
             .map(|c| {
-                let f = training::fitness(
-                    tasks,
-                    &self.done_items(UnitKind::Candidate, c),
-                    |id| self.record.reference_scores.get(id).copied(),
-                );
+                let f = training::fitness(tasks, &self.done_items(UnitKind::Candidate, c), |id| {
+                    self.record.reference_scores.get(id).copied()
+                });
                 (
                     f.fitness,
                     CandidateTasks {
@@ -514,11 +515,9 @@ impl ActiveRun {
         if items.is_empty() {
             return None;
         }
-        let f = training::fitness(
-            namm.stage_tasks(self.gen.stage),
-            &items,
-            |id| self.record.reference_scores.get(id).copied(),
-        );
+        let f = training::fitness(namm.stage_tasks(self.gen.stage), &items, |id| {
+            self.record.reference_scores.get(id).copied()
+        });
         Some(HeldOut {
             tasks: f.tasks.iter().map(task_score).collect(),
             fitness: f.fitness,
@@ -632,7 +631,7 @@ impl ActiveRun {
 }
 
 fn heldout_due(namm: &NammSpec, g: u32) -> bool {
-    namm.heldout_every > 0 && g > 0 && g % namm.heldout_every == 0
+    namm.heldout_every > 0 && g > 0 && g.is_multiple_of(namm.heldout_every)
 }
 
 fn task_score(t: &training::TaskResult) -> TaskScore {
@@ -903,7 +902,10 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         assert_eq!(stats.count, 60.0);
         assert!((stats.mean[0] - 2.5).abs() < 1e-12, "{:?}", stats.mean);
         assert_eq!(run.record.reference_scores.len(), 6);
-        assert_eq!(store.get_run(run.id()).unwrap().unwrap().frozen_stats, Some(stats.clone()));
+        assert_eq!(
+            store.get_run(run.id()).unwrap().unwrap().frozen_stats,
+            Some(stats.clone())
+        );
         assert!(!run.in_reference_pass());
         let units = run.missing_units();
         assert_eq!(units.len(), 4 * 2, "4 candidates × 2 one-prompt shards");
@@ -968,7 +970,16 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         // The held-out units evaluate mean_before; the fake scores it like candidate 0.
         assert!(heldout.fitness > 0.0);
         assert_eq!(told.run.status, RunStatus::Finished as i32);
-        assert_eq!(store.get_run(run.id()).unwrap().unwrap().frozen_stats.unwrap().count, 60.0);
+        assert_eq!(
+            store
+                .get_run(run.id())
+                .unwrap()
+                .unwrap()
+                .frozen_stats
+                .unwrap()
+                .count,
+            60.0
+        );
     }
 
     /// The training prompts of a finished generation, from its stored evaluations' order.
@@ -1003,7 +1014,11 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         let told = told.unwrap();
         assert!(told.finished.is_none());
         assert_eq!(told.run.status, RunStatus::Failed as i32);
-        assert!(told.run.stop_reason.contains("#2"), "{}", told.run.stop_reason);
+        assert!(
+            told.run.stop_reason.contains("#2"),
+            "{}",
+            told.run.stop_reason
+        );
         assert!(!run.is_running());
     }
 }

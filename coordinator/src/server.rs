@@ -311,8 +311,8 @@ fn check_model(model: &std::path::Path, wanted: &[String]) -> anyhow::Result<()>
             model.display()
         );
     }
-    let sha = namm::digest::file_sha256(model)
-        .with_context(|| format!("--model {}", model.display()))?;
+    let sha =
+        namm::digest::file_sha256(model).with_context(|| format!("--model {}", model.display()))?;
     if !wanted.contains(&sha) {
         anyhow::bail!(
             "--model {} has sha256 {sha}, but the runs in flight want {}; local workers would \

@@ -176,6 +176,7 @@ fn report_for(m: &Mangle, units: &[WorkUnit], workers: &[String]) -> ReportReque
         },
         eval_seconds: m.eval_seconds,
         fitness: m.fitness,
+        norm_stats: None,
     }
 }
 
@@ -265,6 +266,7 @@ proptest! {
                 }],
                 eval_seconds: 0.0,
                 fitness: -1.0,
+                norm_stats: None,
             });
             prop_assert!(r.map(|r| r.accepted).unwrap_or(false));
         }

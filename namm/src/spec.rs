@@ -174,10 +174,7 @@ impl Default for NammSpec {
         NammSpec {
             model: DEFAULT_MODEL_FILE.into(),
             model_sha256: DEFAULT_MODEL_SHA256.into(),
-            tasks: vec![
-                "passkey:len=1024".into(),
-                "niah-multikey:len=1024".into(),
-            ],
+            tasks: vec!["passkey:len=1024".into(), "niah-multikey:len=1024".into()],
             stages: Vec::new(),
             task_seed: 0,
             pool_size: 64,
@@ -297,11 +294,10 @@ impl RunSpec {
                 ),
             });
         }
-        let dim = *self.objective.dim.get_or_insert(if namm {
-            PARAM_COUNT
-        } else {
-            BENCHMARK_DIM
-        });
+        let dim = *self
+            .objective
+            .dim
+            .get_or_insert(if namm { PARAM_COUNT } else { BENCHMARK_DIM });
         self.strategy.population.get_or_insert(if namm {
             NAMM_POPULATION
         } else {
@@ -471,7 +467,11 @@ impl NammSpec {
             reason,
         };
         let sha = &self.model_sha256;
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if sha.len() != 64
+            || !sha
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(invalid(
                 "namm.model_sha256",
                 format!("{sha:?}"),
@@ -487,7 +487,11 @@ impl NammSpec {
         }
         for (name, field, v) in [
             ("pool_size", "namm.pool_size", self.pool_size),
-            ("prompts_per_task", "namm.prompts_per_task", self.prompts_per_task),
+            (
+                "prompts_per_task",
+                "namm.prompts_per_task",
+                self.prompts_per_task,
+            ),
             ("shard_size", "namm.shard_size", self.shard_size),
         ] {
             if v == 0 || v > MAX_PROMPTS {
@@ -678,10 +682,7 @@ target_fitness = -1e-8
         let cases = [
             ("[objective]\ndim = 0", "objective.dim"),
             ("[objective]\nkind = \"namm\"\ndim = 12", "objective.dim"),
-            (
-                "[objective]\nkind = \"sphere\"\n[namm]\ntasks = []",
-                "namm",
-            ),
+            ("[objective]\nkind = \"sphere\"\n[namm]\ntasks = []", "namm"),
             ("[namm]\ntasks = []", "namm.tasks"),
             ("[namm]\ntasks = [\"passkey:len=9\"]", "namm.tasks"),
             ("[namm]\nmodel_sha256 = \"abc\"", "namm.model_sha256"),
@@ -708,7 +709,10 @@ target_fitness = -1e-8
             ("[strategy]\nx0 = [1.0, 2.0]", "strategy.x0"),
             ("[stop]\nmax_generations = 0", "stop.max_generations"),
             ("[stop]\ntarget_fitness = nan", "stop.target_fitness"),
-            ("[objective]\nkind = \"sphere\"\ndim = 10001", "objective.dim"),
+            (
+                "[objective]\nkind = \"sphere\"\ndim = 10001",
+                "objective.dim",
+            ),
             (
                 "[objective]\nkind = \"sphere\"\ndim = 10000\n[strategy]\npopulation = 5000",
                 "strategy.population",
@@ -752,7 +756,10 @@ target_fitness = -1e-8
         assert_eq!(n.stage_of(5), 1);
         assert_eq!(n.stage_of(99), 1);
         assert_eq!(n.stage_tasks(1).len(), 2);
-        assert_eq!(n.stage_tasks(1)[1], "niah-multikey:len=1024,keys=4,depth=random");
+        assert_eq!(
+            n.stage_tasks(1)[1],
+            "niah-multikey:len=1024,keys=4,depth=random"
+        );
         assert!(n.starts_stage(0) && n.starts_stage(5) && !n.starts_stage(4));
     }
 

@@ -289,8 +289,12 @@ mod tests {
     fn missing_references_unknown_tasks_and_failures_give_nan() {
         let tasks = vec!["a".to_string()];
         let refs = reference(&[("a#0", 1.0)]);
-        assert!(fitness(&tasks, &items(&[("a#1", 1.0)]), &refs).fitness.is_nan());
-        assert!(fitness(&tasks, &items(&[("z#0", 1.0)]), &refs).fitness.is_nan());
+        assert!(fitness(&tasks, &items(&[("a#1", 1.0)]), &refs)
+            .fitness
+            .is_nan());
+        assert!(fitness(&tasks, &items(&[("z#0", 1.0)]), &refs)
+            .fitness
+            .is_nan());
         assert!(fitness(&tasks, &items(&[("a#0", f64::NAN)]), &refs)
             .fitness
             .is_nan());

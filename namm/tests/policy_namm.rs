@@ -230,8 +230,14 @@ fn the_shipped_namm_loads_as_default() {
     let file = NammParams::load(path).unwrap();
     assert_eq!(file.params.len(), namm::policy::PARAM_COUNT);
     assert!(file.params.iter().all(|v| v.is_finite()));
-    assert!(file.params.iter().any(|&v| v != 0.0), "an evolved θ, not zeros");
-    assert!(file.stats.count > 0.0, "statistics frozen from a reference pass");
+    assert!(
+        file.params.iter().any(|&v| v != 0.0),
+        "an evolved θ, not zeros"
+    );
+    assert!(
+        file.stats.count > 0.0,
+        "statistics frozen from a reference pass"
+    );
     assert_eq!(
         file.metadata.get("model_sha256").map(String::as_str),
         Some(namm::spec::DEFAULT_MODEL_SHA256)

@@ -78,6 +78,7 @@ fn valid_request(path: &str) -> Vec<u8> {
         generation: 0,
         candidate: 1,
         shard: 0,
+        kind: 0,
     });
     match path.rsplit('/').next().unwrap() {
         "Register" => RegisterRequest {
@@ -108,6 +109,7 @@ fn valid_request(path: &str) -> Vec<u8> {
             }],
             eval_seconds: 0.5,
             fitness: -1.5,
+            norm_stats: None,
         }
         .encode_to_vec(),
         "Release" => ReleaseRequest {
@@ -323,6 +325,7 @@ fn malformed_frames_specs_and_foreign_reports_never_stop_a_run() {
             items: vec![ItemResult { item_id: unit.item_ids[0].clone(), score: 0.0, extra: Default::default() }],
             eval_seconds: 0.1,
             fitness: 0.0,
+            norm_stats: None,
         };
         let e = w.report(foreign).await.expect_err("a foreign report was accepted");
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
@@ -445,6 +448,7 @@ fn load_64_concurrent_workers_complete_every_unit_exactly_once() {
                                 }],
                                 eval_seconds: 0.001,
                                 fitness: f,
+                                norm_stats: None,
                             })
                             .await
                             .unwrap()

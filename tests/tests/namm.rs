@@ -74,7 +74,10 @@ fn a_namm_run_evolves_exports_and_the_export_evaluates() {
         assert_eq!(task["task"], "passkey:len=600,depth=random");
         assert_eq!(task["prompts"], 2);
     }
-    assert!(gens[0]["heldout"].is_null(), "no held-out pass at generation 0");
+    assert!(
+        gens[0]["heldout"].is_null(),
+        "no held-out pass at generation 0"
+    );
     let heldout = &gens[1]["heldout"];
     assert!(finite(&heldout["fitness"]) >= 0.0, "{heldout}");
     assert_eq!(heldout["tasks"][0]["prompts"], 2);

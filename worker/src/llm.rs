@@ -62,8 +62,8 @@ impl Llm {
     ) -> anyhow::Result<Llm> {
         let sha256 = namm::digest::file_sha256(path)
             .with_context(|| format!("--model {}", path.display()))?;
-        let dev = namm::evaluate::parse_device(device)
-            .with_context(|| format!("--device {device}"))?;
+        let dev =
+            namm::evaluate::parse_device(device).with_context(|| format!("--device {device}"))?;
         let evaluator = Evaluator::load(path, &dev, format)
             .with_context(|| format!("--model {}", path.display()))?;
         Ok(Llm {

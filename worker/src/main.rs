@@ -1,12 +1,12 @@
 //! `namm-worker`: the worker daemon.
 
 use clap::Parser;
-use namm_worker::auth::{resolve_token, ClientAuth};
 use namm::model::WeightFormat;
+use namm_worker::auth::{resolve_token, ClientAuth};
 use namm_worker::llm::Llm;
 use namm_worker::WorkerConfig;
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
