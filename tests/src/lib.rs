@@ -200,14 +200,23 @@ impl Cluster {
     /// accepts connections: until its log says it is serving. A TCP probe is not enough: on
     /// loopback a connect to a port in the ephemeral range can pick that same port as its
     /// source and connect to itself, "succeeding" before the coordinator has bound.
+    /// Without `--run`, the coordinator is told not to submit the default NAMM run
+    /// (`--no-default-run`); [`Cluster::coordinator_args`] starts it with exactly the given
+    /// arguments.
     pub fn coordinator(&self, name: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["--no-default-run"];
+        args.extend(extra);
+        self.coordinator_args(name, &args)
+    }
+
+    /// `namm-coord start --listen <this> --db <this> ARGS`, waiting until it serves.
+    pub fn coordinator_args(&self, name: &str, extra: &[&str]) -> Proc {
         let mut args: Vec<String> = vec![
             "start".into(),
             "--listen".into(),
             self.addr(),
             "--db".into(),
             self.db().display().to_string(),
-            "--no-default-run".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         const SERVING: &str = "coordinator serving";
@@ -217,7 +226,9 @@ impl Cluster {
             .matches(SERVING)
             .count();
         let mut p = Proc::spawn(name, &bin("namm-coord"), &args, self.dir.path());
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Submitting a NAMM run draws generation 0 first: one eigendecomposition of a
+        // 4172 × 4172 covariance, ~20 s on a loaded 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while p.log().matches(SERVING).count() <= served_before {
             if let Some(status) = p.wait_exit(Duration::from_millis(1)) {
                 panic!("{name} exited early ({status}):\n{}", p.log());

@@ -136,3 +136,54 @@ fn a_namm_run_evolves_exports_and_the_export_evaluates() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a NAMM run"), "{}", stderr(&out));
 }
+
+/// `namm-coord start` without `--run` submits the default NAMM run once; a restart resumes it
+/// instead of submitting another, and `--no-default-run` serves without one.
+#[test]
+fn a_bare_start_submits_the_default_run_once() {
+    let c = Cluster::new();
+    let mut coord = c.coordinator_args("coord", &["--local-workers", "0"]);
+    let runs = c.json(&["runs"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["name"], "namm");
+    assert_eq!(runs[0]["status"], "running");
+    assert_eq!(runs[0]["population"], 32);
+    assert_eq!(runs[0]["dim"], 4172);
+    coord.terminate();
+    assert!(coord
+        .wait_exit(Duration::from_secs(30))
+        .expect("coordinator did not stop")
+        .success());
+
+    let mut coord = c.coordinator_args("coord", &["--local-workers", "0"]);
+    let runs = c.json(&["runs"]);
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    coord.terminate();
+    coord.wait_exit(Duration::from_secs(30));
+
+    let other = Cluster::new();
+    let _coord = other.coordinator("coord", &[]);
+    assert!(other.json(&["runs"]).as_array().unwrap().is_empty());
+}
+
+/// A local worker of an LLM run needs the model the run names: a wrong file is refused
+/// before anything is served, with both digests in the message.
+#[test]
+fn local_workers_of_an_llm_run_need_its_model() {
+    let c = Cluster::new();
+    let wrong = c.file("not-a-model.gguf", "not a model");
+    let out = std::process::Command::new(namm_tests::bin("namm-coord"))
+        .args(["start", "--listen", &c.addr(), "--db"])
+        .arg(c.db())
+        .args(["--local-workers", "1", "--model"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("not-a-model.gguf") && err.contains("sha256") && err.contains("b179c95"),
+        "{err}"
+    );
+}
