@@ -37,6 +37,7 @@ def main():
         shown = namm(a.namm, a.db, "show", str(a.run), str(g["generation"]))
         gen_busy = 0.0
         for e in shown["evaluations"]:
+            gen_busy += e["eval_seconds"]
             if e["kind"] == "reference":
                 continue
             units += 1
@@ -44,7 +45,6 @@ def main():
             w[0] += len(e["items"])
             w[1] += e["eval_seconds"]
             unit_secs += e["eval_seconds"]
-            gen_busy += e["eval_seconds"]
             for i in e["items"]:
                 x = i["extra"]
                 forward += x.get("forward_secs", 0.0)
@@ -62,7 +62,8 @@ def main():
               f"NAMM policy {100 * policy / unit_secs:.1f} %, "
               f"other (sampling, tokenising, fork, scoring) {100 * other / unit_secs:.1f} %")
     if wall > 0:
-        print(f"  generation wall {wall:.0f} s, summed unit time {busy:.0f} s: "
+        print(f"  generation wall {wall:.0f} s, summed unit time (reference pass included) "
+              f"{busy:.0f} s: "
               f"{100 * max(wall - busy, 0) / wall:.1f} % outside evaluation "
               f"(meaningful with one single-slot worker)")
 

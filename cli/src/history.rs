@@ -8,7 +8,7 @@ use anyhow::Context;
 use namm::policy::NammParams;
 use namm::spec::RunSpec;
 use namm::stats::NormStats;
-use namm_proto::{RunRecord, UnitKind};
+use namm_proto::{GenerationRecord, RunRecord, UnitKind};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -123,6 +123,9 @@ pub enum Which {
     Mean,
     /// The best candidate seen, on the prompts of its own generation.
     Best,
+    /// The mean with the best held-out fitness (the paper's `ckpt.pt`: the best validation
+    /// score); needs a run with held-out evaluations.
+    Heldout,
 }
 
 pub async fn best(
@@ -137,7 +140,11 @@ pub async fn best(
         anyhow::bail!("run {run_id} has no finished generation yet");
     }
     if let Some(path) = export {
-        let file = export_params(&run, which)?;
+        let heldout = match which {
+            Which::Heldout => Some(best_heldout(source, &run).await?),
+            _ => None,
+        };
+        let file = export_params(&run, which, heldout.as_ref())?;
         file.save(path)
             .with_context(|| format!("--export {}", path.display()))?;
         outln!(
@@ -145,8 +152,9 @@ pub async fn best(
             match which {
                 Which::Mean => "mean",
                 Which::Best => "best candidate",
+                Which::Heldout => "mean with the best held-out fitness",
             },
-            run.generations_done.saturating_sub(1),
+            exported_generation(&run, which, heldout.as_ref()),
             path.display(),
             path.display()
         );
@@ -191,8 +199,39 @@ pub async fn best(
     Ok(())
 }
 
+/// The finished generation whose held-out fitness is highest (the earliest of equals).
+async fn best_heldout(source: &mut Source, run: &RunRecord) -> anyhow::Result<GenerationRecord> {
+    let gens = source.history(run.run_id).await?;
+    gens.into_iter()
+        .filter(|g| g.heldout.as_ref().is_some_and(|h| h.fitness.is_finite()))
+        .fold(None, |best: Option<GenerationRecord>, g| match &best {
+            Some(b) if b.heldout.as_ref().map(|h| h.fitness) >= g.heldout.as_ref().map(|h| h.fitness) => best,
+            _ => Some(g),
+        })
+        .with_context(|| {
+            format!(
+                "run {} has no held-out evaluation yet (namm.heldout_every); use --which mean",
+                run.run_id
+            )
+        })
+}
+
+/// The generation the exported vector belongs to: the last finished one for the mean (its
+/// mean after the tell), the best candidate's, or the held-out winner's (its mean_before).
+fn exported_generation(run: &RunRecord, which: Which, heldout: Option<&GenerationRecord>) -> u32 {
+    match (which, heldout) {
+        (Which::Best, _) => run.best_generation,
+        (Which::Heldout, Some(g)) => g.generation,
+        _ => run.generations_done.saturating_sub(1),
+    }
+}
+
 /// A NAMM parameter file from a run: θ, the run's frozen statistics and where they came from.
-fn export_params(run: &RunRecord, which: Which) -> anyhow::Result<NammParams> {
+fn export_params(
+    run: &RunRecord,
+    which: Which,
+    heldout: Option<&GenerationRecord>,
+) -> anyhow::Result<NammParams> {
     let spec = RunSpec::from_toml(&run.spec_toml)
         .with_context(|| format!("run {}: stored spec", run.run_id))?;
     let namm = spec.namm.as_ref().with_context(|| {
@@ -209,10 +248,12 @@ fn export_params(run: &RunRecord, which: Which) -> anyhow::Result<NammParams> {
     })?;
     let stats = NormStats::new(stats.mean.clone(), stats.var.clone(), stats.count)
         .with_context(|| format!("run {}: stored statistics", run.run_id))?;
-    let (values, generation) = match which {
-        Which::Mean => (&run.mean, run.generations_done.saturating_sub(1)),
-        Which::Best => (&run.best_params, run.best_generation),
+    let values = match (which, heldout) {
+        (Which::Best, _) => &run.best_params,
+        (Which::Heldout, Some(g)) => &g.mean_before,
+        _ => &run.mean,
     };
+    let generation = exported_generation(run, which, heldout);
     let stage = namm.stage_of(generation);
     let metadata = BTreeMap::from([
         ("run_id".to_string(), run.run_id.to_string()),
@@ -222,7 +263,14 @@ fn export_params(run: &RunRecord, which: Which) -> anyhow::Result<NammParams> {
             match which {
                 Which::Mean => "mean".to_string(),
                 Which::Best => "best".to_string(),
+                Which::Heldout => "mean (best held-out)".to_string(),
             },
+        ),
+        (
+            "heldout_fitness".to_string(),
+            heldout
+                .and_then(|g| g.heldout.as_ref())
+                .map_or("-".to_string(), |h| h.fitness.to_string()),
         ),
         ("generation".to_string(), generation.to_string()),
         (
