@@ -205,7 +205,12 @@ async fn best_heldout(source: &mut Source, run: &RunRecord) -> anyhow::Result<Ge
     gens.into_iter()
         .filter(|g| g.heldout.as_ref().is_some_and(|h| h.fitness.is_finite()))
         .fold(None, |best: Option<GenerationRecord>, g| match &best {
-            Some(b) if b.heldout.as_ref().map(|h| h.fitness) >= g.heldout.as_ref().map(|h| h.fitness) => best,
+            Some(b)
+                if b.heldout.as_ref().map(|h| h.fitness)
+                    >= g.heldout.as_ref().map(|h| h.fitness) =>
+            {
+                best
+            }
             _ => Some(g),
         })
         .with_context(|| {

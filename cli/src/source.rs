@@ -124,10 +124,15 @@ pub fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T>
         .map_err(|s| anyhow::anyhow!("coordinator: {:?}: {}", s.code(), s.message()))
 }
 
+/// Copies a database directory, without the strategy states (hundreds of MB for a NAMM run;
+/// no query reads them).
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        if entry.file_name() == "strategy" {
+            continue;
+        }
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;

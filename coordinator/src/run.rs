@@ -79,7 +79,6 @@ impl ActiveRun {
     pub fn create(store: &Store, spec: RunSpec) -> Result<ActiveRun, CoordError> {
         let cfg = strategy::config_for(&spec);
         let mut cmaes = Cmaes::new(&cfg).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
-        let state = strategy::to_proto(cmaes.state());
         let gen = draw_generation(&mut cmaes, &spec, 0, 0);
         let record = RunRecord {
             run_id: 0,
@@ -95,7 +94,7 @@ impl ActiveRun {
             population: cfg.population as u32,
             ..Default::default()
         };
-        let record = store.create_run(record, &state, gen.clone())?;
+        let record = store.create_run(record, gen.clone())?;
         let mut gen = gen;
         gen.run_id = record.run_id;
         Ok(Self::assemble(record, spec, cfg, cmaes, gen))
@@ -110,11 +109,18 @@ impl ActiveRun {
         let spec = RunSpec::from_toml(&record.spec_toml)
             .map_err(|e| corrupt(format!("stored spec: {e}")))?;
         let cfg = strategy::config_for(&spec);
-        let state = store
-            .get_state(id)?
-            .ok_or_else(|| corrupt("no strategy state stored".into()))?;
-        let mut cmaes = Cmaes::from_state(&cfg, strategy::from_proto(state))
-            .map_err(|e| corrupt(format!("stored strategy state: {e}")))?;
+        let mut cmaes = match store.get_state(id, record.generations_done)? {
+            Some(state) => Cmaes::from_state(&cfg, strategy::from_proto(state))
+                .map_err(|e| corrupt(format!("stored strategy state: {e}")))?,
+            None if record.generations_done == 0 => Cmaes::new(&cfg)
+                .map_err(|e| corrupt(format!("strategy of the stored spec: {e}")))?,
+            None => {
+                return Err(corrupt(format!(
+                    "no strategy state stored after generation {}",
+                    record.generations_done
+                )))
+            }
+        };
         let g = u32::try_from(cmaes.generation())
             .map_err(|_| corrupt(format!("generation {} out of range", cmaes.generation())))?;
         if g != record.generations_done {
@@ -770,7 +776,7 @@ mod tests {
         let mut record = store.get_run(run.id()).unwrap().unwrap();
         let mut gen = store.get_generation(run.id(), 1).unwrap().unwrap();
         gen.population[0].values[0] += 1e-12;
-        let state = store.get_state(run.id()).unwrap().unwrap();
+        let state = store.get_state(run.id(), 1).unwrap().unwrap();
         store
             .commit_generation(GenerationCommit {
                 run: &record,

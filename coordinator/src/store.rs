@@ -2,8 +2,16 @@
 //! big-endian so scans come out in (run, generation, candidate, shard) order.
 //!
 //! Trees: `runs` (run) -> RunRecord, `generations` (run, gen) -> GenerationRecord,
-//! `evals` (run, gen, cand, shard[, kind]) -> EvalRecord, `state` (run) -> StrategyState (latest only),
-//! `meta` -> schema version and the next run id.
+//! `evals` (run, gen, cand, shard[, kind]) -> EvalRecord, `meta` -> schema version and the next
+//! run id.
+//!
+//! The CMA-ES state of a run (after its latest tell) is a file beside the trees,
+//! `strategy/run-<run>-g<generation>.pb`: at n = 4172 it holds C and, in lazy mode, B, ~280 MB,
+//! and sled keeps every overwritten value that large as a blob it does not reclaim (3.6 GB
+//! after 12 generations of a NAMM run). The file of generation g + 1 is written and synced
+//! before the transaction that records generation g as told, and older files are removed
+//! after it, so one state per run stays on disk and the run record always names a state that
+//! exists. Databases of schema 1 kept the state in the `state` tree; it is still read.
 
 use namm_proto::{EvalRecord, GenerationRecord, RunRecord, StrategyState, UnitKey};
 use prost::Message;
@@ -27,6 +35,11 @@ pub enum StoreError {
     Schema { found: u64 },
     #[error("database: {0}")]
     Sled(#[from] sled::Error),
+    #[error("strategy state file {path}: {source}")]
+    StateFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("corrupt {what} record at key {key}: {source}")]
     Decode {
         what: &'static str,
@@ -40,6 +53,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    strategy_dir: std::path::PathBuf,
     runs: sled::Tree,
     generations: sled::Tree,
     evals: sled::Tree,
@@ -88,6 +102,7 @@ fn hex_key(key: &[u8]) -> String {
 pub struct GenerationCommit<'a> {
     pub run: &'a RunRecord,
     pub finished: &'a GenerationRecord,
+    /// The state after the tell: `run.generations_done` tells.
     pub state: &'a StrategyState,
     pub next: Option<&'a GenerationRecord>,
 }
@@ -108,7 +123,13 @@ impl Store {
                 }
             }
         })?;
+        let strategy_dir = path.join("strategy");
+        std::fs::create_dir_all(&strategy_dir).map_err(|source| StoreError::StateFile {
+            path: strategy_dir.display().to_string(),
+            source,
+        })?;
         let store = Store {
+            strategy_dir,
             runs: db.open_tree("runs")?,
             generations: db.open_tree("generations")?,
             evals: db.open_tree("evals")?,
@@ -138,16 +159,11 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a run: its record, initial strategy state and first in-flight generation, with
-    /// a fresh run id, atomically and durably.
-    pub fn create_run(
-        &self,
-        mut run: RunRecord,
-        state: &StrategyState,
-        first: GenerationRecord,
-    ) -> Result<RunRecord> {
-        let result = (&self.meta, &self.runs, &self.state, &self.generations).transaction(
-            |(meta, runs, st, gens)| {
+    /// Creates a run: its record and first in-flight generation, with a fresh run id,
+    /// atomically and durably. Its initial strategy state is not stored: the spec determines it.
+    pub fn create_run(&self, mut run: RunRecord, first: GenerationRecord) -> Result<RunRecord> {
+        let result =
+            (&self.meta, &self.runs, &self.generations).transaction(|(meta, runs, gens)| {
                 let id = meta.get(META_NEXT_RUN)?.map(|v| be_u64(&v)).unwrap_or(1);
                 meta.insert(META_NEXT_RUN, &(id + 1).to_be_bytes())?;
                 let mut run = run.clone();
@@ -155,33 +171,78 @@ impl Store {
                 let mut first = first.clone();
                 first.run_id = id;
                 runs.insert(&run_key(id), run.encode_to_vec())?;
-                st.insert(&run_key(id), state.encode_to_vec())?;
                 gens.insert(&gen_key(id, first.generation), first.encode_to_vec())?;
                 Ok::<_, ConflictableTransactionError<()>>(id)
-            },
-        );
+            });
         run.run_id = tx_result(result)?;
         self.flush()?;
         Ok(run)
     }
 
     pub fn commit_generation(&self, c: GenerationCommit<'_>) -> Result<()> {
-        let result =
-            (&self.runs, &self.state, &self.generations).transaction(|(runs, st, gens)| {
-                let id = c.run.run_id;
-                runs.insert(&run_key(id), c.run.encode_to_vec())?;
-                st.insert(&run_key(id), c.state.encode_to_vec())?;
-                gens.insert(
-                    &gen_key(id, c.finished.generation),
-                    c.finished.encode_to_vec(),
-                )?;
-                if let Some(next) = c.next {
-                    gens.insert(&gen_key(id, next.generation), next.encode_to_vec())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            });
+        let id = c.run.run_id;
+        self.put_state(id, c.run.generations_done, c.state)?;
+        let result = (&self.runs, &self.generations).transaction(|(runs, gens)| {
+            runs.insert(&run_key(id), c.run.encode_to_vec())?;
+            gens.insert(
+                &gen_key(id, c.finished.generation),
+                c.finished.encode_to_vec(),
+            )?;
+            if let Some(next) = c.next {
+                gens.insert(&gen_key(id, next.generation), next.encode_to_vec())?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
         tx_result(result)?;
-        self.flush()
+        self.flush()?;
+        self.prune_states(id, c.run.generations_done)
+    }
+
+    fn state_path(&self, run: u64, generation: u32) -> std::path::PathBuf {
+        self.strategy_dir
+            .join(format!("run-{run}-g{generation}.pb"))
+    }
+
+    /// Writes the state after `generation` tells: a temporary file, synced, renamed, and the
+    /// directory synced, so the file is whole or absent.
+    fn put_state(&self, run: u64, generation: u32, state: &StrategyState) -> Result<()> {
+        let path = self.state_path(run, generation);
+        let io = |source| StoreError::StateFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("pb.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&state.encode_to_vec()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(&self.strategy_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+
+    /// Removes the run's state files other than the one of `keep` tells.
+    fn prune_states(&self, run: u64, keep: u32) -> Result<()> {
+        let prefix = format!("run-{run}-g");
+        let io = |source| StoreError::StateFile {
+            path: self.strategy_dir.display().to_string(),
+            source,
+        };
+        for entry in std::fs::read_dir(&self.strategy_dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let generation = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".pb").or(rest.strip_suffix(".pb.tmp")))
+                .and_then(|g| g.parse::<u32>().ok());
+            if generation.is_some_and(|g| g != keep) {
+                std::fs::remove_file(entry.path()).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn put_run(&self, run: &RunRecord) -> Result<()> {
@@ -213,12 +274,36 @@ impl Store {
             .transpose()
     }
 
-    pub fn get_state(&self, run: u64) -> Result<Option<StrategyState>> {
+    /// The run's strategy state after `generation` tells, if stored (the state of a run that
+    /// has told nothing yet is never stored: its spec determines it).
+    pub fn get_state(&self, run: u64, generation: u32) -> Result<Option<StrategyState>> {
+        let path = self.state_path(run, generation);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                return StrategyState::decode(&bytes[..])
+                    .map(Some)
+                    .map_err(|source| StoreError::Decode {
+                        what: "strategy state",
+                        key: path.display().to_string(),
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::StateFile {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        // Schema 1 kept the latest state in the `state` tree.
         let key = run_key(run);
-        self.state
+        let legacy: Option<StrategyState> = self
+            .state
             .get(key)?
             .map(|v| decode("strategy state", &key, &v))
-            .transpose()
+            .transpose()?;
+        Ok(legacy.filter(|s| s.generation == u64::from(generation)))
     }
 
     pub fn get_generation(&self, run: u64, generation: u32) -> Result<Option<GenerationRecord>> {
@@ -330,17 +415,41 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert_eq!(
-                store
-                    .create_run(run.clone(), &state, first.clone())
-                    .unwrap()
-                    .run_id,
+                store.create_run(run.clone(), first.clone()).unwrap().run_id,
                 1
             );
-            assert_eq!(store.create_run(run, &state, first).unwrap().run_id, 2);
+            let mut second = store.create_run(run, first.clone()).unwrap();
+            assert_eq!(second.run_id, 2);
+            // Two tells: the state file of generation 2 replaces that of generation 1.
+            let finished = GenerationRecord {
+                run_id: 2,
+                ..first.clone()
+            };
+            for g in [1, 2] {
+                second.generations_done = g;
+                store
+                    .commit_generation(GenerationCommit {
+                        run: &second,
+                        finished: &finished,
+                        state: &StrategyState {
+                            generation: u64::from(g),
+                            ..state.clone()
+                        },
+                        next: None,
+                    })
+                    .unwrap();
+            }
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.list_runs().unwrap().len(), 2);
-        assert_eq!(store.get_state(2).unwrap().unwrap().sigma, 0.25);
+        assert!(store.get_state(1, 0).unwrap().is_none(), "never stored");
+        assert!(store.get_state(2, 1).unwrap().is_none(), "pruned");
+        let latest = store.get_state(2, 2).unwrap().unwrap();
+        assert_eq!((latest.sigma, latest.generation), (0.25, 2));
+        let files = std::fs::read_dir(dir.path().join("strategy"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1, "one state file per run");
         let g = store.get_generation(2, 0).unwrap().unwrap();
         assert_eq!(g.run_id, 2);
         assert_eq!(g.population[0].values[0], 1.0);
