@@ -181,8 +181,10 @@ impl Coordinator {
     pub fn submit(&self, spec_toml: &str) -> Result<RunRecord, CoordError> {
         let spec = RunSpec::from_toml(spec_toml)
             .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
-        let mut inner = self.lock();
+        // Building a strategy of 4172 dimensions and drawing its first generation takes a
+        // moment and touches no shared state: other calls need not wait for it.
         let run = ActiveRun::create(&self.store, spec)?;
+        let mut inner = self.lock();
         let record = run.record.clone();
         tracing::info!(run = record.run_id, name = %record.name, "run submitted");
         inner.book.enqueue(run.missing_units());

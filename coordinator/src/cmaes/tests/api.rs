@@ -289,3 +289,23 @@ fn failed_first_decomposition_samples_isotropically() {
     let expected: Vec<f64> = z.iter().map(|v| 0.3 * v).collect();
     assert_eq!(pop.concat(), expected);
 }
+
+#[test]
+fn the_closed_form_first_decomposition_reconstructs_the_shifted_identity() {
+    for n in [1usize, 2, 7, 50] {
+        let s = 1e-6;
+        let dec = crate::cmaes::identity_plus_constant(n, s, 0);
+        for i in 0..n {
+            for j in 0..n {
+                let c: f64 = (0..n)
+                    .map(|k| dec.b[i * n + k] * dec.d[k] * dec.d[k] * dec.b[j * n + k])
+                    .sum();
+                let want = if i == j { 1.0 + s } else { s };
+                assert!((c - want).abs() < 1e-14, "n={n} C[{i}][{j}] = {c}");
+                let g: f64 = (0..n).map(|k| dec.b[k * n + i] * dec.b[k * n + j]).sum();
+                let id = if i == j { 1.0 } else { 0.0 };
+                assert!((g - id).abs() < 1e-14, "n={n} BᵀB[{i}][{j}] = {g}");
+            }
+        }
+    }
+}
