@@ -148,11 +148,11 @@ pub async fn best(
         file.save(path)
             .with_context(|| format!("--export {}", path.display()))?;
         outln!(
-            "wrote the {} of run {run_id} after generation {} to {} (evaluate it with `namm eval --policy namm:{}`)",
+            "wrote the {} {} of run {run_id} to {} (evaluate it with `namm eval --policy namm:{}`)",
             match which {
-                Which::Mean => "mean",
-                Which::Best => "best candidate",
-                Which::Heldout => "mean with the best held-out fitness",
+                Which::Mean => "mean after generation",
+                Which::Best => "best candidate, of generation",
+                Which::Heldout => "mean with the best held-out fitness, evaluated at generation",
             },
             exported_generation(&run, which, heldout.as_ref()),
             path.display(),
