@@ -15,7 +15,7 @@ use crate::store::{GenerationCommit, Store};
 use crate::strategy;
 use namm::spec::{NammSpec, ObjectiveKind, RunSpec};
 use namm::stats::NormStats;
-use namm::training::{self, ItemScore};
+use namm::training::{self, ItemScore, KEPT_FRACTION};
 use namm_proto::{
     objective, BenchmarkObjective, CandidateTasks, EvalRecord, GenerationRecord, HeldOut,
     ItemResult, NammObjective, Objective, RunRecord, RunStatus, TaskScore, UnitKey, UnitKind,
@@ -30,9 +30,6 @@ pub fn now_unix_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
-
-/// The extra key a worker reports each prompt's kept cache fraction under.
-pub const KEPT_FRACTION: &str = "kept_fraction";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -6,6 +6,10 @@ use rand::Rng;
 
 use crate::spec::NammSpec;
 
+/// The key of `ItemResult.extra` a worker reports a prompt's kept cache fraction under, and
+/// the coordinator reads it from.
+pub const KEPT_FRACTION: &str = "kept_fraction";
+
 /// The name of prompt `index` of `task` (a canonical task spec): `"<task>#<index>"`.
 pub fn item_id(task: &str, index: u64) -> String {
     format!("{task}#{index}")

@@ -16,13 +16,10 @@ use namm::model::WeightFormat;
 use namm::policy::{FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT};
 use namm::stats::NormStats;
 use namm::tasks::{Task, TaskSpec};
-use namm::training::parse_item_id;
+use namm::training::{parse_item_id, KEPT_FRACTION};
 use namm_proto::{ItemResult, NammObjective, UnitKind, WorkUnit};
 
 use crate::evaluate::UnitOutcome;
-
-/// The key of `ItemResult.extra` the coordinator reads a prompt's kept cache fraction from.
-pub const KEPT_FRACTION: &str = "kept_fraction";
 
 /// The worker's model and what it keeps between units.
 pub struct Llm {
