@@ -219,6 +219,18 @@ max_generations = 30
 target_fitness = -1e-30
 "#;
 
+const LEASE_SOURCE_RUN: &str = r#"
+name = "lease source"
+[objective]
+kind = "sphere"
+dim = 4
+[strategy]
+population = 4
+[stop]
+max_generations = 1000000
+target_fitness = -1e-300
+"#;
+
 #[test]
 fn malformed_frames_specs_and_foreign_reports_never_stop_a_run() {
     let c = Cluster::new();
@@ -302,12 +314,22 @@ fn malformed_frames_specs_and_foreign_reports_never_stop_a_run() {
             .expect_err("a 20 MiB request was accepted");
         assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e:?}");
 
-        // Reports for another worker's lease, and hand-backs of it, are refused.
+        // Reports for another worker's lease, and hand-backs of it, are refused. The survivor
+        // and the runs the fuzzing submitted may all be finished (or need a model) by now, so
+        // the lease comes from a run of its own that outlives this check.
+        let target = runs
+            .submit_run(SubmitRunRequest { spec_toml: LEASE_SOURCE_RUN.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .run_id;
         let mut w = WorkerServiceClient::connect(url.clone()).await.unwrap();
         let register = |name: &str| RegisterRequest { name: name.into(), slots: 1, ..Default::default() };
         let a = w.register(register("a")).await.unwrap().into_inner().worker_id;
         let b = w.register(register("b")).await.unwrap().into_inner().worker_id;
+        let deadline = Instant::now() + Duration::from_secs(60);
         let unit = loop {
+            assert!(Instant::now() < deadline, "worker a got no unit of run {target} in 60 s");
             let mut units = w
                 .lease(LeaseRequest { worker_id: a.clone(), slots: 1, wait_ms: 1000 })
                 .await
