@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use namm::evaluate::{parse_device, EvalOptions, Evaluator, PrefixReuse, TaskEvaluation};
-use namm::model::WeightFormat;
+use namm::model::{ModelSource, WeightFormat, RANDOM_PREFIX};
 use namm::policy::{parse_policy, MemoryPolicy};
 use namm::tasks::TaskSpec;
 use serde::Serialize;
@@ -48,7 +48,8 @@ COLUMNS  score: 100 x mean per-sample score; kept: mean fraction of the sequence
 #[command(after_long_help = SPEC_HELP)]
 pub struct EvalArgs {
     /// The llama GGUF model (relative paths from the working directory; the default also
-    /// from the repository)
+    /// from the repository), or `random:SHAPE[:seed=N]` (SHAPE smollm2-135m or tiny): a model
+    /// of that shape with seeded random weights, synthesised in memory (speed checks only)
     #[arg(long, env = "NAMM_MODEL", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// A task spec, e.g. `passkey:len=1024` (repeatable; see the syntax below)
@@ -71,6 +72,10 @@ pub struct EvalArgs {
     /// candle's quantized_llama numbers, ~10x slower), f32, q8_0 or f32+q8_0
     #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
     pub format: WeightFormat,
+    /// Run up to N policies of a sample as rows of one batch (same results; faster decoding,
+    /// as the weights are read once per step for all rows)
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub batch: u32,
     /// Prefill every policy's prompt from scratch instead of sharing the part before the
     /// first policy invocation (same results, slower)
     #[arg(long)]
@@ -115,9 +120,9 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
         .map(|spec| spec.load().with_context(|| format!("--task {spec}")))
         .collect::<Result<Vec<_>>>()?;
     let device = parse_device(&args.device).context("--device")?;
-    let model_path = resolve_model(&args.model);
-    tracing::info!(model = %model_path.display(), format = %args.format, device = %args.device, "loading the model");
-    let evaluator = Evaluator::load(&model_path, &device, args.format)?;
+    let source = model_source(&args.model)?;
+    tracing::info!(model = %source, format = %args.format, device = %args.device, "loading the model");
+    let evaluator = Evaluator::load_source(&source, &device, args.format)?;
 
     let mut task_samples = Vec::with_capacity(tasks.len());
     for task in &tasks {
@@ -138,6 +143,7 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
 
     let opts = EvalOptions {
         prefix_reuse: !args.no_prefix_reuse,
+        batch: args.batch as usize,
     };
     let mut evaluations: Vec<TaskEvaluation> = Vec::with_capacity(tasks.len());
     let mut done = 0usize;
@@ -175,7 +181,7 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
     }
     if format == Format::Json {
         let report = Report {
-            model: model_path.display().to_string(),
+            model: source.to_string(),
             format: args.format.to_string(),
             device: &args.device,
             seed: args.seed,
@@ -197,6 +203,14 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `random:…` names a synthesised model; anything else is a file.
+fn model_source(arg: &Path) -> Result<ModelSource> {
+    match arg.to_str() {
+        Some(s) if s.starts_with(RANDOM_PREFIX) => Ok(s.parse().context("--model")?),
+        _ => Ok(ModelSource::File(resolve_model(arg))),
+    }
 }
 
 /// The default path is also tried from the repository, so `namm eval` works from any

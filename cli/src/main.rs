@@ -10,6 +10,7 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::output::emit(&format!("{}\n", format!($($t)*))) };
 }
 
+mod bench;
 mod eval;
 mod history;
 mod output;
@@ -75,6 +76,9 @@ enum Command {
     Cluster(ClusterCommand),
     /// Compare memory policies on long-context tasks with a local model.
     Eval(eval::EvalArgs),
+    /// Engine throughput at several batch sizes (prefill with attention taps, decode), and
+    /// one device's agreement with another (--parity cpu on a GPU).
+    Bench(bench::BenchArgs),
     /// Run the NAMM policy on recorded attention (the golden-vector JSON schema) and print
     /// what this implementation computes, in the same schema.
     Replay(replay::ReplayArgs),
@@ -136,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Local evaluations are long: their progress lines are worth showing by default.
     let default_level = match cli.command {
-        Command::Eval(_) => "info",
+        Command::Eval(_) | Command::Bench(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -150,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Replay(args) => return replay::run(&args),
         Command::Eval(args) => return eval::run(&args, format),
+        Command::Bench(args) => return bench::run(&args, format),
         Command::Cluster(command) => command,
     };
     let auth = namm_worker::auth::ClientAuth {

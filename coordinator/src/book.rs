@@ -103,13 +103,18 @@ impl LeaseBook {
         self.queue.extend(units);
     }
 
-    /// Hands out up to `slots` queued units that `usable` still wants done (the others leave
-    /// the queue) and this worker can evaluate (`eligible`; the others stay queued, in order,
-    /// for another worker); returns (unit, lease id, deadline).
+    /// Hands out up to `slots` batches of queued units that `usable` still wants done (the
+    /// others leave the queue) and this worker can evaluate (`eligible`; the others stay
+    /// queued, in order, for another worker); returns (unit, lease id, deadline).
+    ///
+    /// A batch is a unit and up to `batch - 1` more of the same generation, kind and shard
+    /// (other candidates on the same prompts), taken from anywhere in the queue: a worker runs
+    /// them as rows of one batch and shares the prompts' prefill.
     pub fn take(
         &mut self,
         worker_id: &str,
         slots: usize,
+        batch: usize,
         mut usable: impl FnMut(&UnitKey) -> bool,
         mut eligible: impl FnMut(&UnitKey) -> bool,
     ) -> Vec<(UnitKey, String, Instant)> {
@@ -118,7 +123,8 @@ impl LeaseBook {
         let deadline = now + self.ttl;
         let hard_deadline = now + self.max_lease.max(self.ttl);
         let mut skipped = Vec::new();
-        while out.len() < slots {
+        let mut batches = 0;
+        while batches < slots {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
@@ -129,22 +135,38 @@ impl LeaseBook {
                 skipped.push(key);
                 continue;
             }
-            let lease_id = self.fresh_id("l");
-            self.leases.insert(
-                lease_id.clone(),
-                Lease {
-                    key,
-                    worker_id: worker_id.to_string(),
-                    deadline,
-                    hard_deadline,
-                },
-            );
-            self.leased.insert(key, lease_id.clone());
-            self.counters.units_leased += 1;
-            if self.returned.remove(&key) {
-                self.counters.units_re_leased += 1;
+            let mut keys = vec![key];
+            let mut i = 0;
+            while keys.len() < batch.max(1) && i < self.queue.len() {
+                let k = self.queue[i];
+                let same = (k.run_id, k.generation, k.kind, k.shard)
+                    == (key.run_id, key.generation, key.kind, key.shard);
+                if same && !self.leased.contains_key(&k) && usable(&k) && eligible(&k) {
+                    self.queue.remove(i);
+                    keys.push(k);
+                } else {
+                    i += 1;
+                }
             }
-            out.push((key, lease_id, deadline));
+            for key in keys {
+                let lease_id = self.fresh_id("l");
+                self.leases.insert(
+                    lease_id.clone(),
+                    Lease {
+                        key,
+                        worker_id: worker_id.to_string(),
+                        deadline,
+                        hard_deadline,
+                    },
+                );
+                self.leased.insert(key, lease_id.clone());
+                self.counters.units_leased += 1;
+                if self.returned.remove(&key) {
+                    self.counters.units_re_leased += 1;
+                }
+                out.push((key, lease_id, deadline));
+            }
+            batches += 1;
         }
         for key in skipped.into_iter().rev() {
             self.queue.push_front(key);
@@ -301,7 +323,7 @@ mod tests {
     fn expired_leases_go_back_to_the_front_of_the_queue() {
         let (mut book, w) = book_with_worker(Duration::from_secs(1));
         book.enqueue((0..4).map(key));
-        let first = book.take(&w, 2, |_| true, |_| true);
+        let first = book.take(&w, 2, 1, |_| true, |_| true);
         assert_eq!(
             first.iter().map(|t| t.0.candidate).collect::<Vec<_>>(),
             [0, 1]
@@ -313,7 +335,7 @@ mod tests {
             "expired lease still active"
         );
         let again: Vec<u32> = book
-            .take(&w, 4, |_| true, |_| true)
+            .take(&w, 4, 1, |_| true, |_| true)
             .iter()
             .map(|t| t.0.candidate)
             .collect();
@@ -326,7 +348,7 @@ mod tests {
     fn heartbeats_extend_leases_and_unknown_workers_are_refused() {
         let (mut book, w) = book_with_worker(Duration::from_millis(300));
         book.enqueue([key(0)]);
-        let taken = book.take(&w, 1, |_| true, |_| true);
+        let taken = book.take(&w, 1, 1, |_| true, |_| true);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(book.heartbeat(&w), Some(1));
         // Past the original deadline but within the extended one.
@@ -344,7 +366,7 @@ mod tests {
         let mut book = LeaseBook::new(Duration::from_millis(100), Duration::from_millis(150));
         let w = book.register(WorkerInfo::default());
         book.enqueue([key(0)]);
-        book.take(&w, 1, |_| true, |_| true);
+        book.take(&w, 1, 1, |_| true, |_| true);
         std::thread::sleep(Duration::from_millis(80));
         book.heartbeat(&w);
         assert_eq!(book.expire(Instant::now() + Duration::from_millis(90)), 1);
@@ -355,7 +377,7 @@ mod tests {
         let (mut book, w) = book_with_worker(Duration::from_secs(10));
         let other = book.register(WorkerInfo::default());
         book.enqueue((0..3).map(key));
-        let taken = book.take(&w, 2, |_| true, |_| true);
+        let taken = book.take(&w, 2, 1, |_| true, |_| true);
         assert!(
             !book.hand_back(&other, &taken[1].1),
             "another worker's lease"
@@ -363,7 +385,7 @@ mod tests {
         assert!(!book.hand_back(&w, "l-nope"));
         assert!(book.hand_back(&w, &taken[1].1));
         assert!(!book.hand_back(&w, &taken[1].1), "twice");
-        let next = book.take(&other, 1, |_| true, |_| true);
+        let next = book.take(&other, 1, 1, |_| true, |_| true);
         assert_eq!(next[0].0.candidate, 1);
         assert_eq!(book.counters.units_released, 1);
         assert_eq!(book.counters.units_re_leased, 1);
@@ -375,12 +397,12 @@ mod tests {
         let (mut book, w) = book_with_worker(Duration::from_secs(10));
         book.enqueue([key(0), key(0), key(1), key(2)]);
         let taken: Vec<u32> = book
-            .take(&w, 10, |k| k.candidate != 2, |_| true)
+            .take(&w, 10, 1, |k| k.candidate != 2, |_| true)
             .iter()
             .map(|t| t.0.candidate)
             .collect();
         assert_eq!(taken, [0, 1]);
-        assert!(book.take(&w, 10, |_| true, |_| true).is_empty());
+        assert!(book.take(&w, 10, 1, |_| true, |_| true).is_empty());
     }
 
     #[test]
@@ -388,17 +410,33 @@ mod tests {
         let mut book = LeaseBook::new(Duration::from_secs(5), Duration::from_secs(60));
         let w = book.register(WorkerInfo::default());
         book.enqueue((0..4).map(key));
-        let taken = book.take(&w, 10, |_| true, |k| k.candidate % 2 == 1);
+        let taken = book.take(&w, 10, 1, |_| true, |k| k.candidate % 2 == 1);
         let got: Vec<u32> = taken.iter().map(|t| t.0.candidate).collect();
         assert_eq!(got, vec![1, 3]);
         assert_eq!(book.queue_len(), 2);
         let rest: Vec<u32> = book
-            .take(&w, 10, |_| true, |_| true)
+            .take(&w, 10, 1, |_| true, |_| true)
             .iter()
             .map(|t| t.0.candidate)
             .collect();
         assert_eq!(rest, vec![0, 2]);
         book.forget_run(1);
         assert_eq!(book.workers()[0].active_leases, 0);
+    }
+
+    #[test]
+    fn a_batch_is_candidates_of_one_shard() {
+        let (mut book, w) = book_with_worker(Duration::from_secs(5));
+        // Candidate-major, as a generation is laid out: c0s0 c0s1 c1s0 c1s1 c2s0 c2s1.
+        let unit = |c: u32, s: u32| UnitKey { shard: s, ..key(c) };
+        book.enqueue((0..3).flat_map(|c| (0..2).map(move |s| unit(c, s))));
+        let got = |taken: Vec<(UnitKey, String, Instant)>| -> Vec<(u32, u32)> {
+            taken.iter().map(|t| (t.0.candidate, t.0.shard)).collect()
+        };
+        let first = got(book.take(&w, 1, 2, |_| true, |k| k.candidate != 1));
+        assert_eq!(first, [(0, 0), (2, 0)], "one batch: shard 0 of candidates 0 and 2");
+        let second = got(book.take(&w, 2, 8, |_| true, |_| true));
+        assert_eq!(second, [(0, 1), (1, 1), (2, 1), (1, 0)], "two batches, by shard");
+        assert_eq!(book.queue_len(), 0);
     }
 }

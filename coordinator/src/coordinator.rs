@@ -245,7 +245,8 @@ impl Coordinator {
         self.lock().book.workers()
     }
 
-    /// Hands out up to `slots` units, waiting up to `wait` for work to appear.
+    /// Hands out up to `slots` batches of units (as many as the worker registered as its
+    /// `max_batch`), waiting up to `wait` for work to appear.
     pub async fn lease(
         &self,
         worker_id: &str,
@@ -280,13 +281,14 @@ impl Coordinator {
             return Err(unknown_worker(worker_id));
         }
         let Inner { runs, book } = &mut *inner;
-        let models = book
+        let (models, batch) = book
             .worker(worker_id)
-            .map(|w| w.model_sha256.clone())
+            .map(|w| (w.model_sha256.clone(), w.max_batch.max(1) as usize))
             .unwrap_or_default();
         let taken = book.take(
             worker_id,
             slots,
+            batch,
             |key| {
                 runs.get(&key.run_id)
                     .is_some_and(|r| r.is_running() && r.knows(key) && !r.has_result(key))

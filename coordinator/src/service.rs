@@ -16,6 +16,8 @@ const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
 /// Longest worker name, device or version string kept in the worker table.
 const MAX_LABEL_BYTES: usize = 256;
 const MAX_MODELS: usize = 64;
+/// Rows one batch of a worker may hold: a lease hands out at most slots × max_batch units.
+const MAX_BATCH: u32 = 256;
 
 #[derive(Clone)]
 pub struct Services(pub Arc<Coordinator>);
@@ -41,6 +43,12 @@ impl WorkerService for Services {
                     value.len()
                 )));
             }
+        }
+        if r.max_batch > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "max_batch is {}; at most {MAX_BATCH}",
+                r.max_batch
+            )));
         }
         if r.model_sha256.len() > MAX_MODELS {
             return Err(Status::invalid_argument(format!(

@@ -25,6 +25,11 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
+/// sha256 of bytes in memory, lowercase hex.
+pub fn bytes_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ pub enum EngineError {
     },
     #[error("policy {policy} needs attention, but the session was created without recording it")]
     AttentionNotRecorded { policy: String },
+    #[error("a batch needs one token list and one policy per session: {reason}")]
+    BatchShape { reason: String },
     #[error(
         "a shared prefix of {len} tokens after T = {tokens_seen} reaches a policy invocation \
          (multiple of 512); feed it with a policy instead"
@@ -72,7 +74,17 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
-/// Runs generations on one model, one sequence at a time.
+/// One row of a batch: a sequence that continues `prefix` (a fork of it; `None`: an empty
+/// cache) with `rest` under its own `policy`, generating at most `max_new_tokens`.
+pub struct BatchRow<'a, 'm> {
+    pub prefix: Option<&'a Session<'m>>,
+    pub rest: &'a [u32],
+    pub policy: &'a mut dyn MemoryPolicy,
+    pub max_new_tokens: usize,
+}
+
+/// Runs greedy generations on one model, one sequence at a time or several as rows of one
+/// batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Engine<'m> {
     model: &'m Model,
@@ -94,9 +106,13 @@ impl<'m> Engine<'m> {
         policy: &mut dyn MemoryPolicy,
         opts: &GenerateOptions,
     ) -> Result<Generation> {
-        policy.reset();
-        let session = Session::new(self.model, policy.inputs())?;
-        run(session, prompt, policy, opts)
+        let row = BatchRow {
+            prefix: None,
+            rest: prompt,
+            policy,
+            max_new_tokens: opts.max_new_tokens,
+        };
+        Ok(self.generate_batch(vec![row], &opts.stop_tokens)?.remove(0))
     }
 
     /// Greedy generation continuing a shared prefix (fed with [`Session::feed_prefix`]) with
@@ -108,70 +124,151 @@ impl<'m> Engine<'m> {
         policy: &mut dyn MemoryPolicy,
         opts: &GenerateOptions,
     ) -> Result<Generation> {
-        policy.reset();
-        run(prefix.fork()?, rest, policy, opts)
+        let row = BatchRow {
+            prefix: Some(prefix),
+            rest,
+            policy,
+            max_new_tokens: opts.max_new_tokens,
+        };
+        Ok(self.generate_batch(vec![row], &opts.stop_tokens)?.remove(0))
+    }
+
+    /// Greedy generations of every row as one batch: each step feeds every unfinished row's
+    /// next chunk (or token) through the model at once. Every row keeps its own cache and
+    /// policy, so its generation is the one it gets alone; its timings are its share of the
+    /// batch's (the step's wall time over the rows in it). Policies are reset first; every
+    /// row stops after producing one of `stop_tokens`.
+    pub fn generate_batch(
+        &self,
+        rows: Vec<BatchRow<'_, 'm>>,
+        stop_tokens: &[u32],
+    ) -> Result<Vec<Generation>> {
+        let mut sessions = Vec::with_capacity(rows.len());
+        let mut rests = Vec::with_capacity(rows.len());
+        let mut policies = Vec::with_capacity(rows.len());
+        let mut limits = Vec::with_capacity(rows.len());
+        for row in rows {
+            limits.push(row.max_new_tokens);
+            row.policy.reset();
+            sessions.push(match row.prefix {
+                Some(p) => p.fork()?,
+                None => Session::new(self.model, row.policy.inputs())?,
+            });
+            rests.push(row.rest);
+            policies.push(row.policy);
+        }
+        run(sessions, &rests, &mut policies, &limits, stop_tokens)
     }
 }
 
 fn run(
-    mut session: Session<'_>,
-    rest: &[u32],
-    policy: &mut dyn MemoryPolicy,
-    opts: &GenerateOptions,
-) -> Result<Generation> {
-    let policy_secs0 = session.policy_secs();
+    mut sessions: Vec<Session<'_>>,
+    rests: &[&[u32]],
+    policies: &mut [&mut dyn MemoryPolicy],
+    max_new_tokens: &[usize],
+    stop_tokens: &[u32],
+) -> Result<Vec<Generation>> {
+    let n = sessions.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let policy_secs0: Vec<f64> = sessions.iter().map(Session::policy_secs).collect();
     let start = Instant::now();
-    let mut logits = session.feed(rest, policy)?;
-    let prefill_secs = start.elapsed().as_secs_f64();
-    let prompt_tokens = session.tokens_seen();
-    let context = session.model().config().context_length;
+    let mut logits = feed_some(&mut sessions, rests, policies, &(0..n).collect::<Vec<_>>())?;
+    let prefill_secs = start.elapsed().as_secs_f64() / n as f64;
+    let prompt_tokens: Vec<usize> = sessions.iter().map(Session::tokens_seen).collect();
+    let context = sessions[0].model().config().context_length;
 
-    let start = Instant::now();
-    let mut tokens = Vec::new();
-    let mut decode_steps = 0;
-    let stop_reason = loop {
-        let next = argmax(&logits);
-        tokens.push(next);
-        if opts.stop_tokens.contains(&next) {
-            break StopReason::StopToken(next);
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut stops: Vec<Option<StopReason>> = vec![None; n];
+    let mut decode_secs = vec![0.0; n];
+    let mut decode_steps = vec![0; n];
+    loop {
+        let mut feeding = Vec::new();
+        for i in 0..n {
+            if stops[i].is_some() {
+                continue;
+            }
+            let next = argmax(&logits[i]);
+            tokens[i].push(next);
+            stops[i] = if stop_tokens.contains(&next) {
+                Some(StopReason::StopToken(next))
+            } else if tokens[i].len() >= max_new_tokens[i] {
+                Some(StopReason::MaxTokens)
+            } else if sessions[i].tokens_seen() >= context {
+                Some(StopReason::ContextFull)
+            } else {
+                feeding.push(i);
+                None
+            };
         }
-        if tokens.len() >= opts.max_new_tokens {
-            break StopReason::MaxTokens;
+        if feeding.is_empty() {
+            break;
         }
-        if session.tokens_seen() >= context {
-            break StopReason::ContextFull;
+        let step = Instant::now();
+        let next: Vec<[u32; 1]> = feeding.iter().map(|&i| [tokens[i][tokens[i].len() - 1]]).collect();
+        let next: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let out = feed_some(&mut sessions, &next, policies, &feeding)?;
+        let share = step.elapsed().as_secs_f64() / feeding.len() as f64;
+        for (i, l) in feeding.into_iter().zip(out) {
+            logits[i] = l;
+            decode_secs[i] += share;
+            decode_steps[i] += 1;
         }
-        logits = session.feed(&[next], policy)?;
-        decode_steps += 1;
-    };
-    let decode_secs = start.elapsed().as_secs_f64();
+    }
 
-    let kept_per_layer = session.kept_per_layer();
-    let seen = session.tokens_seen();
-    let mean_kept_fraction = kept_per_layer
-        .iter()
-        .map(|&k| k as f64 / seen as f64)
-        .sum::<f64>()
-        / kept_per_layer.len() as f64;
-    let stats = GenerationStats {
-        prompt_tokens,
-        generated_tokens: tokens.len(),
-        tokens_seen: seen,
-        invocations: session.invocations().to_vec(),
-        kept_per_layer,
-        mean_kept_fraction,
-        peak_kv_bytes: session.peak_kv_bytes(),
-        prefill_tokens: rest.len(),
-        prefill_secs,
-        decode_steps,
-        decode_secs,
-        policy_secs: session.policy_secs() - policy_secs0,
-    };
-    Ok(Generation {
-        tokens,
-        stop_reason,
-        stats,
-    })
+    let mut out = Vec::with_capacity(n);
+    for (i, session) in sessions.iter().enumerate() {
+        let kept_per_layer = session.kept_per_layer();
+        let seen = session.tokens_seen();
+        let mean_kept_fraction = kept_per_layer
+            .iter()
+            .map(|&k| k as f64 / seen as f64)
+            .sum::<f64>()
+            / kept_per_layer.len() as f64;
+        let stats = GenerationStats {
+            prompt_tokens: prompt_tokens[i],
+            generated_tokens: tokens[i].len(),
+            tokens_seen: seen,
+            invocations: session.invocations().to_vec(),
+            kept_per_layer,
+            mean_kept_fraction,
+            peak_kv_bytes: session.peak_kv_bytes(),
+            prefill_tokens: rests[i].len(),
+            prefill_secs,
+            decode_steps: decode_steps[i],
+            decode_secs: decode_secs[i],
+            policy_secs: session.policy_secs() - policy_secs0[i],
+        };
+        out.push(Generation {
+            tokens: std::mem::take(&mut tokens[i]),
+            stop_reason: stops[i].unwrap_or(StopReason::MaxTokens),
+            stats,
+        });
+    }
+    Ok(out)
+}
+
+/// Feeds `ids[k]` to session `which[k]` under its policy, all as one batch.
+fn feed_some(
+    sessions: &mut [Session<'_>],
+    ids: &[&[u32]],
+    policies: &mut [&mut dyn MemoryPolicy],
+    which: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let mut rows: Vec<&mut Session<'_>> = sessions
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| which.contains(i))
+        .map(|(_, s)| s)
+        .collect();
+    let mut pols: Vec<Option<&mut dyn MemoryPolicy>> = policies
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| which.contains(i))
+        .map(|(_, p)| Some(&mut **p as &mut dyn MemoryPolicy))
+        .collect();
+    session::feed_rows(&mut rows, ids, &mut pols)
 }
 
 /// Index of the largest logit; the first one on ties.

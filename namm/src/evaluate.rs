@@ -20,9 +20,9 @@ pub use error::{EvalError, Result};
 pub use results::{PolicyEvaluation, PrefixReuse, SampleResult, TaskEvaluation};
 
 use crate::engine::{
-    Engine, GenerateOptions, Generation, Session, StopReason, CHUNK, POLICY_PERIOD,
+    BatchRow, Engine, Generation, Session, StopReason, CHUNK, POLICY_PERIOD,
 };
-use crate::model::{Model, WeightFormat};
+use crate::model::{Model, ModelSource, WeightFormat};
 use crate::policy::{MemoryPolicy, PolicyInputs};
 use crate::tasks::{Sample, Task};
 use crate::tokenizer::{read_gguf_content, Tokenizer};
@@ -35,11 +35,17 @@ pub struct EvalOptions {
     /// Prefill the part of each prompt that is the same for every policy once and fork it
     /// (only where more than one policy runs). The results are identical either way.
     pub prefix_reuse: bool,
+    /// Policies of one sample run as rows of one batch, this many at a time (1: one after
+    /// another). The results are identical either way.
+    pub batch: usize,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { prefix_reuse: true }
+        Self {
+            prefix_reuse: true,
+            batch: 1,
+        }
     }
 }
 
@@ -52,38 +58,43 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Loads the GGUF file at `path` onto `device`: the model in `format`, the tokenizer and
-    /// whether prompts start with BOS (`tokenizer.ggml.add_bos_token`, absent meaning no, as
-    /// llama.cpp decides for byte-level BPE vocabularies; SmolLM2 says false, its ChatML
-    /// prompts open with `<|im_start|>` instead).
+    /// Loads the GGUF file at `path` onto `device`: the model in `format`, its tokenizer and
+    /// whether prompts start with BOS.
     pub fn load(path: &Path, device: &Device, format: WeightFormat) -> Result<Self> {
-        if !path.is_file() {
-            return Err(EvalError::ModelMissing {
-                path: path.to_path_buf(),
-            });
-        }
+        Self::load_source(&ModelSource::File(path.to_path_buf()), device, format)
+    }
+
+    /// [`Evaluator::load`] for any model source, a synthesised `random:SHAPE` one included.
+    pub fn load_source(source: &ModelSource, device: &Device, format: WeightFormat) -> Result<Self> {
+        let path = source.label();
+        let model_err = |source| EvalError::Model {
+            path: path.clone(),
+            source: Box::new(source),
+        };
         let tokenizer_err = |source| EvalError::Tokenizer {
-            path: path.to_path_buf(),
+            path: path.clone(),
             source,
         };
-        let content = read_gguf_content(path).map_err(tokenizer_err)?;
-        let tokenizer = Tokenizer::from_gguf(&content).map_err(tokenizer_err)?;
-        let add_bos = match content.metadata.get(ADD_BOS_KEY) {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                return Err(EvalError::BadMetadata {
-                    path: path.to_path_buf(),
-                    key: ADD_BOS_KEY,
-                    found: format!("{other:?}"),
-                })
+        match source {
+            ModelSource::File(file) => {
+                if !file.is_file() {
+                    return Err(EvalError::ModelMissing { path });
+                }
+                // Checks the header against the file length: a truncated download is named
+                // here, before any tensor is read.
+                let content = read_gguf_content(file).map_err(tokenizer_err)?;
+                let (tokenizer, add_bos) = tokenizer_of(&path, &content)?;
+                let model = Model::load(file, device, format).map_err(model_err)?;
+                Ok(Self::new(model, tokenizer, add_bos))
             }
-        };
-        let model = Model::load(path, device, format).map_err(|source| EvalError::Model {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
-        Ok(Self::new(model, tokenizer, add_bos))
+            ModelSource::Random(_) => {
+                let (content, reader) = source.open().map_err(model_err)?;
+                let (tokenizer, add_bos) = tokenizer_of(&path, &content)?;
+                let model =
+                    Model::from_gguf(&path, content, reader, device, format).map_err(model_err)?;
+                Ok(Self::new(model, tokenizer, add_bos))
+            }
+        }
     }
 
     pub fn new(model: Model, tokenizer: Tokenizer, add_bos: bool) -> Self {
@@ -229,11 +240,17 @@ impl Evaluator {
             reuse.prefix_secs = prepared.prefix_secs;
         }
         let mut results = Vec::with_capacity(policies.len());
-        for policy in policies.iter_mut() {
-            let (result, fork_secs) = self.run_prepared(&prepared, policy.as_mut())?;
+        for group in policies.chunks_mut(opts.batch.max(1)) {
+            let rows = group
+                .iter_mut()
+                .map(|p| (&prepared, p.as_mut() as &mut dyn MemoryPolicy))
+                .collect();
+            let (batch, fork_secs) = self.run_batch(rows)?;
             reuse.fork_secs += fork_secs;
-            on_result(&result);
-            results.push(result);
+            for result in batch {
+                on_result(&result);
+                results.push(result);
+            }
         }
         if prepared.prefix.is_some() {
             reuse.saved_secs = (policies.len() - 1) as f64 * reuse.prefix_secs - reuse.fork_secs;
@@ -285,39 +302,52 @@ impl Evaluator {
         prepared: &Prepared<'_>,
         policy: &mut dyn MemoryPolicy,
     ) -> Result<(SampleResult, f64)> {
-        let sample = &prepared.sample;
-        let gen_opts = GenerateOptions {
-            max_new_tokens: sample.max_new_tokens,
-            stop_tokens: self.tokenizer.stop_ids().to_vec(),
-        };
+        let (mut results, fork_secs) = self.run_batch(vec![(prepared, policy)])?;
+        Ok((results.remove(0), fork_secs))
+    }
+
+    /// [`Evaluator::run_prepared`] for several (sample, policy) rows as one batch (see
+    /// [`Engine::generate_batch`]): the same results, rows in order. Also returns the seconds
+    /// spent forking shared prefixes.
+    pub fn run_batch(
+        &self,
+        rows: Vec<(&Prepared<'_>, &mut dyn MemoryPolicy)>,
+    ) -> Result<(Vec<SampleResult>, f64)> {
         let engine = Engine::new(&self.model);
-        let name = policy.name();
+        let names: Vec<String> = rows.iter().map(|(_, p)| p.name()).collect();
+        let prepared: Vec<&Prepared<'_>> = rows.iter().map(|(p, _)| *p).collect();
         let start = Instant::now();
-        let ids = &prepared.ids;
-        let generation = match &prepared.prefix {
-            Some(session) => {
-                engine.generate_from(session, &ids[prepared.prefix_len..], policy, &gen_opts)
-            }
-            None => engine.generate(ids, policy, &gen_opts),
-        }
-        .map_err(|source| EvalError::Generate {
-            sample: sample.id.clone(),
-            policy: name.clone(),
-            source: Box::new(source),
-        })?;
+        let batch = rows
+            .into_iter()
+            .map(|(p, policy)| BatchRow {
+                prefix: p.prefix.as_ref(),
+                rest: &p.ids[p.prefix_len..],
+                policy,
+                max_new_tokens: p.sample.max_new_tokens,
+            })
+            .collect();
+        let generations = engine
+            .generate_batch(batch, self.tokenizer.stop_ids())
+            .map_err(|source| EvalError::Generate {
+                sample: join(prepared.iter().map(|p| p.sample.id.as_str())),
+                policy: join(names.iter().map(String::as_str)),
+                source: Box::new(source),
+            })?;
         let mut fork_secs = 0.0;
-        if prepared.prefix.is_some() {
-            let s = &generation.stats;
-            fork_secs = (start.elapsed().as_secs_f64() - s.prefill_secs - s.decode_secs).max(0.0);
+        if prepared.iter().any(|p| p.prefix.is_some()) {
+            let model_secs: f64 = generations
+                .iter()
+                .map(|g| g.stats.prefill_secs + g.stats.decode_secs)
+                .sum();
+            fork_secs = (start.elapsed().as_secs_f64() - model_secs).max(0.0);
         }
-        let result = self.result(
-            sample,
-            &prepared.prompt,
-            name,
-            &generation,
-            prepared.prefix_secs,
-        )?;
-        Ok((result, fork_secs))
+        let results = prepared
+            .iter()
+            .zip(names)
+            .zip(&generations)
+            .map(|((p, name), g)| self.result(&p.sample, &p.prompt, name, g, p.prefix_secs))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((results, fork_secs))
     }
 
     fn result(
@@ -376,6 +406,42 @@ impl Evaluator {
             decode_steps: s.decode_steps,
         })
     }
+}
+
+/// Distinct values joined with commas, for errors that concern a whole batch.
+fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for i in items {
+        if !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    seen.join(", ")
+}
+
+/// The tokenizer in a GGUF header and whether prompts start with BOS
+/// (`tokenizer.ggml.add_bos_token`, absent meaning no, as llama.cpp decides for byte-level BPE
+/// vocabularies; SmolLM2 says false, its ChatML prompts open with `<|im_start|>` instead).
+fn tokenizer_of(
+    path: &Path,
+    content: &candle_core::quantized::gguf_file::Content,
+) -> Result<(Tokenizer, bool)> {
+    let tokenizer = Tokenizer::from_gguf(content).map_err(|source| EvalError::Tokenizer {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let add_bos = match content.metadata.get(ADD_BOS_KEY) {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(EvalError::BadMetadata {
+                path: path.to_path_buf(),
+                key: ADD_BOS_KEY,
+                found: format!("{other:?}"),
+            })
+        }
+    };
+    Ok((tokenizer, add_bos))
 }
 
 /// A sample ready to run: its rendered prompt, token ids and, optionally, the prefilled

@@ -13,9 +13,10 @@ mod error;
 mod linear;
 mod q4;
 mod q8;
+mod random;
+mod source;
 
-use std::fs::File;
-use std::io::BufReader;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ use candle_transformers::quantized_nn::RmsNorm;
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use linear::{Linear, WeightFormat};
+pub use random::{RandomModel, RandomModelError, RandomShape, RANDOM_PREFIX};
+pub use source::ModelSource;
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -60,16 +63,23 @@ pub struct Model {
 impl Model {
     /// Loads a llama-architecture GGUF file onto `device`, holding the matrices in `format`.
     pub fn load(path: impl AsRef<Path>, device: &Device, format: WeightFormat) -> Result<Self> {
-        let path = path.as_ref();
-        let file = File::open(path).map_err(|source| ModelError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| ModelError::BadGguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        Self::load_source(&ModelSource::File(path.as_ref().to_path_buf()), device, format)
+    }
+
+    /// Loads a model from any source: a GGUF file, or a synthesised `random:SHAPE` one.
+    pub fn load_source(source: &ModelSource, device: &Device, format: WeightFormat) -> Result<Self> {
+        let (content, reader) = source.open()?;
+        Self::from_gguf(&source.label(), content, reader, device, format)
+    }
+
+    /// The model in `content`, its tensors read from `reader`; `path` names it in errors.
+    pub fn from_gguf<R: Read + Seek>(
+        path: &Path,
+        content: gguf_file::Content,
+        reader: R,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let mut config = LlamaConfig::from_metadata(path, &content.metadata)?;
         let mut gguf = Gguf {
             path: path.to_path_buf(),
@@ -183,19 +193,47 @@ impl Model {
     /// RMSNorm then the q/k/v projections of `layer` for rows `x: [c, hidden]` at absolute
     /// positions `pos0..pos0 + c`, RoPE applied: q `[Hq, c, D]`, k and v `[H, c, D]`.
     pub fn qkv(&self, layer: usize, x: &Tensor, pos0: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let span = Span {
+            len: x.dim(0)?,
+            pos0,
+        };
+        let mut out = self.qkv_rows(layer, x, &[span])?;
+        Ok(out.remove(0))
+    }
+
+    /// [`Model::qkv`] for several sequences at once: `x` holds their rows one span after
+    /// another; the projections run as one product (see [`Span`]), RoPE per span.
+    pub fn qkv_rows(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        spans: &[Span],
+    ) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
         let l = &self.layers[layer];
         let cfg = &self.config;
-        let c = x.dim(0)?;
         let xn = l.attn_norm.forward(x)?;
-        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((c, n, cfg.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()
-        };
-        let q = heads(l.wq.forward(&xn)?, cfg.n_heads)?;
-        let k = heads(l.wk.forward(&xn)?, cfg.n_kv_heads)?;
-        let v = heads(l.wv.forward(&xn)?, cfg.n_kv_heads)?;
-        Ok((self.rope(&q, pos0)?, self.rope(&k, pos0)?, v))
+        let (q, k, v) = (
+            linear(&l.wq, &xn, spans)?,
+            linear(&l.wk, &xn, spans)?,
+            linear(&l.wv, &xn, spans)?,
+        );
+        let mut out = Vec::with_capacity(spans.len());
+        let mut row0 = 0;
+        for s in spans {
+            let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+                t.narrow(0, row0, s.len)?
+                    .reshape((s.len, n, cfg.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            out.push((
+                self.rope(&heads(&q, cfg.n_heads)?, s.pos0)?,
+                self.rope(&heads(&k, cfg.n_kv_heads)?, s.pos0)?,
+                heads(&v, cfg.n_kv_heads)?,
+            ));
+            row0 += s.len;
+        }
+        Ok(out)
     }
 
     /// Interleaved RoPE (pairs 2i, 2i+1, as GGUF llama files need) for `x: [heads, c, D]`
@@ -215,24 +253,54 @@ impl Model {
 
     /// `residual + W_o · y` for the attention output `y: [Hq, c, D]`.
     pub fn attn_residual(&self, layer: usize, residual: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let c = y.dim(1)?;
-        let y = y.transpose(0, 1)?.reshape((c, self.config.hidden))?;
-        Ok((self.layers[layer].wo.forward(&y)? + residual)?)
+        self.attn_residual_rows(layer, residual, std::slice::from_ref(y))
+    }
+
+    /// [`Model::attn_residual`] for the spans of several sequences, `ys[i]: [Hq, c_i, D]`.
+    pub fn attn_residual_rows(&self, layer: usize, residual: &Tensor, ys: &[Tensor]) -> Result<Tensor> {
+        let mut spans = Vec::with_capacity(ys.len());
+        let mut rows = Vec::with_capacity(ys.len());
+        for y in ys {
+            let c = y.dim(1)?;
+            spans.push(Span { len: c, pos0: 0 });
+            rows.push(y.transpose(0, 1)?.reshape((c, self.config.hidden))?);
+        }
+        let y = if rows.len() == 1 {
+            rows.remove(0)
+        } else {
+            Tensor::cat(&rows, 0)?
+        };
+        Ok((linear(&self.layers[layer].wo, &y, &spans)? + residual)?)
     }
 
     /// `x + down(silu(gate(n)) · up(n))` with `n = RMSNorm(x)`.
     pub fn mlp_residual(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        let span = Span {
+            len: x.dim(0)?,
+            pos0: 0,
+        };
+        self.mlp_residual_rows(layer, x, &[span])
+    }
+
+    /// [`Model::mlp_residual`] for the rows of several sequences, laid out as `spans` say.
+    pub fn mlp_residual_rows(&self, layer: usize, x: &Tensor, spans: &[Span]) -> Result<Tensor> {
         let l = &self.layers[layer];
         let n = l.ffn_norm.forward(x)?;
-        let h = (candle_nn::ops::silu(&l.gate.forward(&n)?)? * l.up.forward(&n)?)?;
-        Ok((l.down.forward(&h)? + x)?)
+        let h = (candle_nn::ops::silu(&linear(&l.gate, &n, spans)?)? * linear(&l.up, &n, spans)?)?;
+        Ok((linear(&l.down, &h, spans)? + x)?)
     }
 
     /// Logits `[vocab]` of the last row of the final hidden states `x: [c, hidden]`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let last = x.narrow(0, x.dim(0)? - 1, 1)?;
-        let h = self.norm.forward(&last)?;
-        Ok(self.output.forward(&h)?.squeeze(0)?)
+        Ok(self.logits_rows(&last)?.squeeze(0)?)
+    }
+
+    /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]`, each row computed as
+    /// [`Model::logits`] computes one.
+    pub fn logits_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.norm.forward(x)?;
+        Ok(self.output.forward_each(&h)?)
     }
 
     /// Plain causal forward of `ids` at positions `0..len` without a cache; logits of the
@@ -257,6 +325,44 @@ impl Model {
         }
         Ok(self.logits(&x)?.to_vec1()?)
     }
+}
+
+/// Where one sequence's rows lie in a batch: `len` rows at absolute positions
+/// `pos0..pos0 + len`.
+///
+/// Every row of a batch gets exactly the numbers it gets alone. A batch of single-token spans
+/// (decode steps) runs every product row by row with the weights read once for all rows: the
+/// gain of batching on a CPU, where decoding streams the weights. Spans of chunks run as one
+/// matrix product on a GPU; on a CPU, one product per span, as the gemm's blocking depends on
+/// the row count (prefill is compute-bound there, so little is lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub len: usize,
+    pub pos0: usize,
+}
+
+impl Span {
+    /// Whether every span is a single token.
+    pub fn all_single(spans: &[Span]) -> bool {
+        spans.iter().all(|s| s.len == 1)
+    }
+}
+
+/// `x · Wᵀ` for rows laid out as `spans` say (see [`Span`]).
+fn linear(w: &Linear, x: &Tensor, spans: &[Span]) -> candle_core::Result<Tensor> {
+    if Span::all_single(spans) {
+        return w.forward_each(x);
+    }
+    if spans.len() == 1 || !x.device().is_cpu() {
+        return w.forward(x);
+    }
+    let mut parts = Vec::with_capacity(spans.len());
+    let mut row0 = 0;
+    for s in spans {
+        parts.push(w.forward(&x.narrow(0, row0, s.len)?)?);
+        row0 += s.len;
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// The device named by `spec`: `cpu`, or `cuda:N` (`cuda` = `cuda:0`), which needs the
@@ -298,14 +404,14 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
 }
 
 /// A GGUF file being read: tensors come out checked against the shapes the config implies.
-struct Gguf {
+struct Gguf<R> {
     path: PathBuf,
     content: gguf_file::Content,
-    reader: BufReader<File>,
+    reader: R,
     device: Device,
 }
 
-impl Gguf {
+impl<R: Read + Seek> Gguf<R> {
     /// `dims`: expected shape in candle's order (`[out, in]` for matrices); 0 = any.
     fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<QTensor> {
         let bad = |reason: String| ModelError::BadTensor {

@@ -49,7 +49,10 @@ fn samples() -> &'static Vec<(String, Vec<Sample>)> {
 
 fn run(prefix_reuse: bool) -> Vec<TaskEvaluation> {
     let mut policies = policies();
-    let opts = EvalOptions { prefix_reuse };
+    let opts = EvalOptions {
+        prefix_reuse,
+        ..EvalOptions::default()
+    };
     samples()
         .iter()
         .map(|(task, samples)| {

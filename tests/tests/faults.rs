@@ -322,6 +322,8 @@ fn malformed_frames_specs_and_foreign_reports_never_stop_a_run() {
             .await
             .unwrap()
             .into_inner()
+            .run
+            .expect("the submitted run")
             .run_id;
         let mut w = WorkerServiceClient::connect(url.clone()).await.unwrap();
         let register = |name: &str| RegisterRequest { name: name.into(), slots: 1, ..Default::default() };

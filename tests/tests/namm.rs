@@ -187,3 +187,56 @@ fn local_workers_of_an_llm_run_need_its_model() {
         "{err}"
     );
 }
+
+/// The same run on a synthesised model (no download) with an unbatched worker and with one
+/// that runs 4 candidates per batch: identical histories, fitness and kept fractions alike.
+#[test]
+fn batched_workers_reproduce_the_unbatched_history() {
+    let model = "random:tiny:seed=3";
+    let sha = model.parse::<namm::model::ModelSource>().unwrap().sha256().unwrap();
+    let spec = format!(
+        r#"
+name = "batched"
+seed = 4
+[strategy]
+population = 4
+[stop]
+max_generations = 2
+target_fitness = inf
+[namm]
+model = "{model}"
+model_sha256 = "{sha}"
+tasks = ["passkey:len=1100"]
+pool_size = 4
+heldout_size = 2
+prompts_per_task = 2
+shard_size = 2
+heldout_every = 1
+"#
+    );
+    let history = |batch: &str| -> Vec<Value> {
+        let c = Cluster::new();
+        let path = c.file("run.toml", &spec);
+        let mut coord = c.coordinator(
+            "coord",
+            &["--run", path.to_str().unwrap(), "--local-workers", "0", "--exit-when-done"],
+        );
+        let _w = c.worker("w", &["--model", model, "--batch", batch]);
+        let status = coord
+            .wait_exit(Duration::from_secs(600))
+            .expect("the run did not finish");
+        assert!(status.success(), "{}", coord.log());
+        let h = c.json_db(&["history", "1"]);
+        h.as_array().unwrap().clone()
+    };
+    let one = history("1");
+    let four = history("4");
+    assert_eq!(one.len(), 2);
+    for (a, b) in one.iter().zip(&four) {
+        assert_eq!(a["fitness"], b["fitness"], "fitness differs:\n{a}\n{b}");
+        assert_eq!(a["mean_kept_fraction"], b["mean_kept_fraction"]);
+        assert_eq!(a["heldout"], b["heldout"]);
+        let kept = finite(&a["mean_kept_fraction"]);
+        assert!(kept < 1.0, "the candidates evicted nothing: {a}");
+    }
+}

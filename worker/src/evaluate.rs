@@ -3,7 +3,7 @@
 use crate::WorkerConfig;
 use namm::objective::Benchmark;
 use namm::stats::NormStats;
-use namm_proto::{objective, ItemResult, WorkUnit};
+use namm_proto::{objective, ItemResult, NammObjective, WorkUnit};
 use std::collections::HashMap;
 
 /// What a unit produced: one result per item, and for the first reference pass of a NAMM run
@@ -14,35 +14,57 @@ pub struct UnitOutcome {
     pub norm_stats: Option<NormStats>,
 }
 
-/// Evaluates a unit with what this worker has. A unit it cannot evaluate (unknown objective,
-/// wrong vector length, a model it does not hold) gets NaN scores flagged with
-/// `extra["error"] = 1`, which the strategy ranks last, rather than stalling the generation.
-pub fn evaluate_unit(unit: &WorkUnit, cfg: &WorkerConfig) -> UnitOutcome {
-    match unit.objective.as_ref().and_then(|o| o.kind.as_ref()) {
-        Some(objective::Kind::Namm(obj)) => {
-            #[cfg(feature = "engine")]
-            let outcome = match &cfg.llm {
-                Some(llm) => llm.evaluate(unit, obj),
-                None => Err("this worker holds no model (start it with --model PATH)".into()),
-            };
-            #[cfg(not(feature = "engine"))]
-            let outcome: Result<UnitOutcome, String> = {
-                let _ = (cfg, obj);
-                Err("this worker was built without the LLM engine".into())
-            };
-            outcome.unwrap_or_else(|msg| {
-                tracing::error!(unit = %unit.unit_id, error = %msg, "cannot evaluate unit");
-                UnitOutcome {
-                    items: failed_items(unit),
-                    norm_stats: None,
-                }
-            })
+/// Evaluates units with what this worker has, one outcome per unit in order; the NAMM units
+/// run their policies as rows of batches of at most `max_batch` on the worker's LLM. A unit
+/// it cannot evaluate (unknown objective, wrong vector length, a model it does not hold) gets
+/// NaN scores flagged with `extra["error"] = 1`, which the strategy ranks last, rather than
+/// stalling the generation.
+pub fn evaluate_units(units: &[WorkUnit], cfg: &WorkerConfig) -> Vec<UnitOutcome> {
+    let namm: Vec<(usize, &NammObjective)> = units
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| match u.objective.as_ref().and_then(|o| o.kind.as_ref()) {
+            Some(objective::Kind::Namm(obj)) => Some((i, obj)),
+            _ => None,
+        })
+        .collect();
+    let mut outcomes: Vec<Option<UnitOutcome>> = vec![None; units.len()];
+    #[cfg(feature = "engine")]
+    let results: Vec<Result<UnitOutcome, String>> = match &cfg.llm {
+        Some(llm) => {
+            let batch: Vec<(&WorkUnit, &NammObjective)> =
+                namm.iter().map(|&(i, obj)| (&units[i], obj)).collect();
+            llm.evaluate(&batch, cfg.max_batch)
         }
-        _ => UnitOutcome {
-            items: evaluate(unit),
-            norm_stats: None,
-        },
+        None => namm
+            .iter()
+            .map(|_| Err("this worker holds no model (start it with --model PATH)".into()))
+            .collect(),
+    };
+    #[cfg(not(feature = "engine"))]
+    let results: Vec<Result<UnitOutcome, String>> = namm
+        .iter()
+        .map(|_| Err("this worker was built without the LLM engine".into()))
+        .collect();
+    for (&(i, _), result) in namm.iter().zip(results) {
+        outcomes[i] = Some(result.unwrap_or_else(|msg| {
+            tracing::error!(unit = %units[i].unit_id, error = %msg, "cannot evaluate unit");
+            UnitOutcome {
+                items: failed_items(&units[i]),
+                norm_stats: None,
+            }
+        }));
     }
+    units
+        .iter()
+        .zip(outcomes)
+        .map(|(unit, outcome)| {
+            outcome.unwrap_or_else(|| UnitOutcome {
+                items: evaluate(unit),
+                norm_stats: None,
+            })
+        })
+        .collect()
 }
 
 fn failed_items(unit: &WorkUnit) -> Vec<ItemResult> {

@@ -9,7 +9,7 @@ mod evaluate;
 #[cfg(feature = "engine")]
 pub mod llm;
 
-pub use evaluate::{evaluate, evaluate_unit, shard_fitness, UnitOutcome};
+pub use evaluate::{evaluate, evaluate_units, shard_fitness, UnitOutcome};
 
 use auth::{AuthChannel, ClientAuth};
 use namm_proto::worker_service_client::WorkerServiceClient;
@@ -30,8 +30,11 @@ pub struct WorkerConfig {
     /// HOST:PORT (or a full http:// URL) of the coordinator.
     pub coordinator: String,
     pub name: String,
-    /// Units leased and evaluated at once.
+    /// Batches leased and evaluated at once.
     pub slots: u32,
+    /// Units one batch may hold: candidates on the same prompts, run as rows of one batch
+    /// through the model (told to the coordinator, which sizes leases by it).
+    pub max_batch: usize,
     /// Extra time spent on every evaluation, to emulate a slow objective in tests and demos.
     pub eval_delay: Duration,
     pub auth: ClientAuth,
@@ -46,6 +49,7 @@ impl Default for WorkerConfig {
             coordinator: "127.0.0.1:50051".into(),
             name: default_name(),
             slots: 1,
+            max_batch: 1,
             eval_delay: Duration::ZERO,
             auth: ClientAuth::default(),
             #[cfg(feature = "engine")]
@@ -199,7 +203,7 @@ async fn session(
             model_sha256: model_sha256(cfg),
             version: env!("CARGO_PKG_VERSION").into(),
             slots: cfg.slots,
-            max_batch: 1,
+            max_batch: cfg.max_batch.max(1) as u32,
         })
         .await
     {
@@ -261,20 +265,14 @@ async fn session(
             .leases
             .extend(units.iter().map(|u| u.lease_id.clone()));
         // Aborted when the session is dropped (shutdown), so no report races the hand-back.
-        let mut tasks = Vec::with_capacity(units.len());
-        for unit in units {
+        let mut tasks = Vec::new();
+        for batch in batches(units, cfg.max_batch) {
             let client = client.clone();
             let worker_id = worker_id.clone();
             let cfg = cfg.clone();
             let held = held.clone();
             tasks.push(AbortOnDrop(tokio::spawn(async move {
-                let lease_id = unit.lease_id.clone();
-                let end = evaluate_and_report(client, worker_id, unit, cfg).await;
-                held.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .leases
-                    .remove(&lease_id);
-                end
+                evaluate_and_report(client, worker_id, batch, cfg, &held).await
             })));
         }
         for mut t in tasks {
@@ -287,40 +285,85 @@ async fn session(
     }
 }
 
+/// Leased units in batches: runs of units of the same generation, kind and shard (the
+/// coordinator hands them out together), at most `max_batch` each.
+fn batches(units: Vec<WorkUnit>, max_batch: usize) -> Vec<Vec<WorkUnit>> {
+    let group = |u: &WorkUnit| u.key.map(|k| (k.run_id, k.generation, k.kind, k.shard));
+    let mut out: Vec<Vec<WorkUnit>> = Vec::new();
+    for unit in units {
+        match out.last_mut() {
+            Some(b)
+                if b.len() < max_batch.max(1)
+                    && group(&b[0]).is_some()
+                    && group(&b[0]) == group(&unit) =>
+            {
+                b.push(unit)
+            }
+            _ => out.push(vec![unit]),
+        }
+    }
+    out
+}
+
+/// Evaluates a batch of units and reports each; `Some` when the session must end.
 async fn evaluate_and_report(
     mut client: Client,
     worker_id: String,
-    unit: WorkUnit,
+    units: Vec<WorkUnit>,
     cfg: WorkerConfig,
+    held: &Mutex<Held>,
 ) -> Option<SessionEnd> {
     let started = Instant::now();
-    let unit_id = unit.unit_id.clone();
-    let lease_id = unit.lease_id.clone();
-    let lease_log = lease_id.clone();
-    let key = unit.key;
-    tracing::debug!(unit = %unit_id, lease = %lease_id, "evaluating");
-    let outcome = match tokio::task::spawn_blocking(move || {
-        if !cfg.eval_delay.is_zero() {
-            std::thread::sleep(cfg.eval_delay);
+    let ids: Vec<String> = units.iter().map(|u| u.unit_id.clone()).collect();
+    tracing::debug!(units = ?ids, "evaluating");
+    let outcomes = match tokio::task::spawn_blocking({
+        let units = units.clone();
+        move || {
+            if !cfg.eval_delay.is_zero() {
+                std::thread::sleep(cfg.eval_delay);
+            }
+            evaluate_units(&units, &cfg)
         }
-        evaluate_unit(&unit, &cfg)
     })
     .await
     {
-        Ok(outcome) => outcome,
+        Ok(outcomes) => outcomes,
         Err(e) => {
-            tracing::error!(unit = %unit_id, error = %e, "evaluation panicked; the lease will expire");
+            tracing::error!(units = ?ids, error = %e, "evaluation panicked; the leases will expire");
             return None;
         }
     };
-    let eval_seconds = started.elapsed().as_secs_f64();
+    // Each unit's share of the batch's time.
+    let eval_seconds = started.elapsed().as_secs_f64() / units.len().max(1) as f64;
+    let mut end = None;
+    for (unit, outcome) in units.into_iter().zip(outcomes) {
+        if end.is_none() {
+            end = report(&mut client, &worker_id, unit.clone(), outcome, eval_seconds).await;
+        }
+        held.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leases
+            .remove(&unit.lease_id);
+    }
+    end
+}
+
+async fn report(
+    client: &mut Client,
+    worker_id: &str,
+    unit: WorkUnit,
+    outcome: UnitOutcome,
+    eval_seconds: f64,
+) -> Option<SessionEnd> {
+    let unit_id = unit.unit_id;
+    let lease_log = unit.lease_id.clone();
     let fitness = shard_fitness(&outcome.items);
     let reporting = Instant::now();
     let r = client
         .report(ReportRequest {
-            worker_id,
-            lease_id,
-            key,
+            worker_id: worker_id.to_string(),
+            lease_id: unit.lease_id,
+            key: unit.key,
             items: outcome.items,
             eval_seconds,
             fitness,

@@ -1,7 +1,8 @@
 //! `namm-worker`: the worker daemon.
 
 use clap::Parser;
-use namm::model::WeightFormat;
+use anyhow::Context;
+use namm::model::{ModelSource, WeightFormat};
 use namm_worker::auth::{resolve_token, ClientAuth};
 use namm_worker::llm::Llm;
 use namm_worker::WorkerConfig;
@@ -22,9 +23,15 @@ struct Cli {
     /// Name shown in `namm workers` (default: host name and process id).
     #[arg(long)]
     name: Option<String>,
-    /// Units leased and evaluated at once.
+    /// Batches leased and evaluated at once (each on its own thread).
     #[arg(long, default_value_t = 1)]
     slots: u32,
+    /// Candidates one batch may hold: NAMM units of the same prompts run as rows of one batch
+    /// through the model (every row keeps its own cache; results equal one at a time). The
+    /// coordinator hands out up to slots × N units per lease. Helps decoding on a CPU and
+    /// everything on a GPU.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    batch: u32,
     /// Add this much time to every evaluation (emulates a slow objective in tests and demos).
     #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
     eval_delay_ms: u64,
@@ -44,9 +51,11 @@ struct Cli {
     tls_ca: Option<PathBuf>,
     /// GGUF model to evaluate NAMM units on. Its sha256 is sent at registration and the
     /// coordinator hands this worker only the runs made for that model. Without it the
-    /// worker takes benchmark units only.
+    /// worker takes benchmark units only. `random:SHAPE[:seed=N]` (SHAPE smollm2-135m or
+    /// tiny) synthesises a model of that shape with seeded random weights in memory, for
+    /// speed checks without the download; its sha256 is logged at start.
     #[arg(long, env = "NAMM_MODEL", value_name = "PATH")]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// How the model's weights are held in memory: gguf (as stored), f32, q8_0, f32+q8_0 or
     /// f32+gguf (f32 for prefill, the file's blocks for decoding; the fastest on a CPU).
     #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
@@ -77,10 +86,11 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("--slots {}: must be between 1 and 1024", cli.slots);
     }
     let llm = match &cli.model {
-        Some(path) => {
+        Some(spec) => {
             let started = std::time::Instant::now();
-            let llm = Llm::load(path, &cli.device, cli.format, cli.prompt_cache)?;
-            tracing::info!(model = %path.display(), sha256 = %llm.sha256(), format = %cli.format, device = %llm.device(), secs = started.elapsed().as_secs_f64(), "model loaded");
+            let source: ModelSource = spec.parse().with_context(|| format!("--model {spec}"))?;
+            let llm = Llm::load(&source, &cli.device, cli.format, cli.prompt_cache)?;
+            tracing::info!(model = %source, sha256 = %llm.sha256(), format = %cli.format, device = %llm.device(), secs = started.elapsed().as_secs_f64(), "model loaded");
             Some(Arc::new(llm))
         }
         None => None,
@@ -89,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         coordinator: cli.coordinator,
         name: cli.name.unwrap_or_else(namm_worker::default_name),
         slots: cli.slots,
+        max_batch: cli.batch as usize,
         eval_delay: Duration::from_millis(cli.eval_delay_ms),
         auth: ClientAuth {
             token: resolve_token(cli.token, cli.token_file.as_deref())?,

@@ -7,7 +7,7 @@ use super::cache::LayerCache;
 use super::stats::InvocationStats;
 use super::{decode, softmax};
 use super::{EngineError, Result, CHUNK, POLICY_PERIOD};
-use crate::model::{Model, WeightFormat};
+use crate::model::{Model, Span, WeightFormat};
 use crate::policy::{LayerView, MemoryPolicy, PolicyInputs};
 
 /// Attention rows of one chunk for one layer, `[H][rows][cols]`, cols = N when it ran.
@@ -126,131 +126,93 @@ impl<'m> Session<'m> {
                 len: ids.len(),
             });
         }
-        self.feed_inner(ids, None)
+        let mut logits = feed_rows(&mut [self], &[ids], &mut [None])?;
+        Ok(logits.remove(0))
     }
 
     /// Feeds tokens in chunks aligned to absolute multiples of 128, invoking `policy` on
     /// every layer whenever T reaches a multiple of 512; logits `[vocab]` of the last token.
     pub fn feed(&mut self, ids: &[u32], policy: &mut dyn MemoryPolicy) -> Result<Vec<f32>> {
-        self.feed_inner(ids, Some(policy))
+        let mut logits = feed_rows(&mut [self], &[ids], &mut [Some(policy)])?;
+        Ok(logits.remove(0))
     }
 
-    fn feed_inner(
+    /// [`Session::feed`] for several sessions as rows of one batch: `ids[i]` to `rows[i]` under
+    /// `policies[i]`; logits of each row's last token. Each row's cache, invocations and
+    /// logits are exactly those it gets fed alone.
+    pub fn feed_batch(
+        rows: &mut [&mut Session<'m>],
+        ids: &[&[u32]],
+        policies: &mut [&mut dyn MemoryPolicy],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut policies: Vec<Option<&mut dyn MemoryPolicy>> =
+            policies.iter_mut().map(|p| Some(&mut **p as &mut dyn MemoryPolicy)).collect();
+        feed_rows(rows, ids, &mut policies)
+    }
+
+    /// Attention of this sequence's new rows at `layer` over its own cache, which they join:
+    /// `y: [Hq, c, D]`. Records the attention rows when the session does.
+    fn attend_layer(
         &mut self,
-        ids: &[u32],
-        mut policy: Option<&mut dyn MemoryPolicy>,
-    ) -> Result<Vec<f32>> {
-        if ids.is_empty() {
-            return Err(EngineError::EmptyInput);
-        }
-        let context = self.model.config().context_length;
-        if self.tokens_seen + ids.len() > context {
-            return Err(EngineError::Model(
-                crate::model::ModelError::ContextExceeded {
-                    position: self.tokens_seen + ids.len() - 1,
-                    context,
-                },
-            ));
-        }
-        if let Some(p) = policy.as_deref() {
-            if p.inputs().attention && !self.record_attention {
-                return Err(EngineError::AttentionNotRecorded { policy: p.name() });
-            }
-        }
-        let mut rest = ids;
-        let mut logits = None;
-        while !rest.is_empty() {
-            let room = CHUNK - self.tokens_seen % CHUNK;
-            let (chunk, tail) = rest.split_at(room.min(rest.len()));
-            let hidden = self.forward_chunk(chunk)?;
-            if tail.is_empty() {
-                logits = Some(self.model.logits(&hidden)?.to_vec1()?);
-            }
-            if self.tokens_seen.is_multiple_of(POLICY_PERIOD) {
-                let p = policy
-                    .as_deref_mut()
-                    .ok_or(EngineError::PrefixReachesInvocation {
-                        tokens_seen: self.tokens_seen,
-                        len: 0,
-                    })?;
-                self.invoke(p)?;
-            }
-            rest = tail;
-        }
-        logits.ok_or(EngineError::EmptyInput)
-    }
-
-    /// Runs one chunk of `c` tokens at positions T..T+c through every layer, appending its
-    /// K/V; returns the final hidden states `[c, hidden]`.
-    fn forward_chunk(&mut self, ids: &[u32]) -> Result<Tensor> {
+        layer: usize,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        masks: &mut HashMap<(usize, usize), Tensor>,
+    ) -> Result<Tensor> {
         let model = self.model;
         let cfg = model.config();
-        let (c, pos0) = (ids.len(), self.tokens_seen);
+        let (c, pos0) = (q.dim(1)?, self.tokens_seen);
         let (h, g, d) = (cfg.n_kv_heads, cfg.group_size(), cfg.head_dim);
-        let mut masks: HashMap<usize, Tensor> = HashMap::new();
-        let exact = exact_attention(model);
-        let mut x = model.embed(ids)?;
-        for layer in 0..cfg.n_layers {
-            let (q, k, v) = model.qkv(layer, &x, pos0)?;
-            let cache = &mut self.caches[layer];
-            cache.append(&k, &v, pos0)?;
-            let n = cache.len();
-            let decoded = if c == 1 && !exact {
-                let dims = decode::Dims {
-                    heads: h,
-                    group: g,
-                    head_dim: d,
-                    n,
-                };
-                decode::attend(
-                    &q,
-                    &cache.keys()?,
-                    &cache.values()?,
-                    dims,
-                    self.record_attention,
-                )?
-            } else {
-                None
+        let cache = &mut self.caches[layer];
+        cache.append(&k, &v, pos0)?;
+        let n = cache.len();
+        let decoded = if c == 1 && !exact_attention(model) {
+            let dims = decode::Dims {
+                heads: h,
+                group: g,
+                head_dim: d,
+                n,
             };
-            let y = match decoded {
-                Some((y, probs)) => {
-                    if self.record_attention {
-                        let mean = probs
-                            .chunks_exact(g * n)
-                            .flat_map(|rows| {
-                                (0..n).map(move |j| {
-                                    (0..g).map(|gi| rows[gi * n + j]).sum::<f32>() / g as f32
-                                })
+            decode::attend(
+                &q,
+                &cache.keys()?,
+                &cache.values()?,
+                dims,
+                self.record_attention,
+            )?
+        } else {
+            None
+        };
+        Ok(match decoded {
+            Some((y, probs)) => {
+                if self.record_attention {
+                    let mean = probs
+                        .chunks_exact(g * n)
+                        .flat_map(|rows| {
+                            (0..n).map(move |j| {
+                                (0..g).map(|gi| rows[gi * n + j]).sum::<f32>() / g as f32
                             })
-                            .collect();
-                        self.pending[layer].push(AttnChunk {
-                            rows: 1,
-                            cols: n,
-                            data: mean,
-                        });
-                    }
-                    Tensor::from_vec(y, (cfg.n_heads, 1, d), model.device())?
+                        })
+                        .collect();
+                    self.pending[layer].push(AttnChunk {
+                        rows: 1,
+                        cols: n,
+                        data: mean,
+                    });
                 }
-                None => {
-                    let (y, mean) = self.attend_chunk(&q, layer, g, c, &mut masks)?;
-                    if let Some(data) = mean {
-                        self.pending[layer].push(AttnChunk {
-                            rows: c,
-                            cols: n,
-                            data,
-                        });
-                    }
-                    y
+                Tensor::from_vec(y, (cfg.n_heads, 1, d), model.device())?
+            }
+            None => {
+                let (y, mean) = self.attend_chunk(&q, layer, g, c, masks)?;
+                if let Some(data) = mean {
+                    self.pending[layer].push(AttnChunk {
+                        rows: c,
+                        cols: n,
+                        data,
+                    });
                 }
-            };
-            x = model.attn_residual(layer, &x, &y)?;
-            x = model.mlp_residual(layer, &x)?;
-        }
-        self.tokens_seen += c;
-        self.since_invocation += c;
-        let live: usize = self.caches.iter().map(LayerCache::live_bytes).sum();
-        self.peak_kv_bytes = self.peak_kv_bytes.max(live);
-        Ok(x)
+                y
+            }
+        })
     }
 
     /// Attention of chunk queries `q: [Hq, c, D]` over the layer's cache (the chunk already
@@ -262,7 +224,7 @@ impl<'m> Session<'m> {
         layer: usize,
         g: usize,
         c: usize,
-        masks: &mut HashMap<usize, Tensor>,
+        masks: &mut HashMap<(usize, usize), Tensor>,
     ) -> Result<(Tensor, Option<Vec<f32>>)> {
         let cfg = self.model.config();
         let (h, d) = (cfg.n_kv_heads, cfg.head_dim);
@@ -285,11 +247,11 @@ impl<'m> Session<'m> {
         } else {
             let mut att = (q.matmul(&cache.keys()?.t()?)? / (d as f64).sqrt())?;
             if c > 1 {
-                let mask = match masks.get(&n) {
+                let mask = match masks.get(&(c, n)) {
                     Some(m) => m.clone(),
                     None => {
                         let m = causal_mask(g, c, n, device)?;
-                        masks.insert(n, m.clone());
+                        masks.insert((c, n), m.clone());
                         m
                     }
                 };
@@ -360,6 +322,155 @@ impl<'m> Session<'m> {
         self.policy_secs += start.elapsed().as_secs_f64();
         Ok(())
     }
+}
+
+/// Feeds `ids[i]` to `rows[i]` for every row at once, each in chunks aligned to absolute
+/// multiples of 128 and with its own policy invoked whenever its T reaches a multiple of 512
+/// (`None`: the row must not reach one); logits `[vocab]` of each row's last token.
+///
+/// Every step runs one chunk of every row that has tokens left as one batch through the
+/// model ([`forward_rows`]); rows of single tokens and rows of longer chunks go in separate
+/// batches, so every row gets exactly the numbers it gets when fed alone.
+pub(crate) fn feed_rows(
+    rows: &mut [&mut Session<'_>],
+    ids: &[&[u32]],
+    policies: &mut [Option<&mut dyn MemoryPolicy>],
+) -> Result<Vec<Vec<f32>>> {
+    if rows.len() != ids.len() || rows.len() != policies.len() {
+        return Err(EngineError::BatchShape {
+            reason: format!(
+                "{} sessions, {} token lists, {} policies",
+                rows.len(),
+                ids.len(),
+                policies.len()
+            ),
+        });
+    }
+    if rows.iter().any(|r| !std::ptr::eq(r.model, rows[0].model)) {
+        return Err(EngineError::BatchShape {
+            reason: "the sessions belong to different models".into(),
+        });
+    }
+    for ((session, ids), policy) in rows.iter().zip(ids).zip(policies.iter()) {
+        if ids.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        let context = session.model.config().context_length;
+        if session.tokens_seen + ids.len() > context {
+            return Err(EngineError::Model(
+                crate::model::ModelError::ContextExceeded {
+                    position: session.tokens_seen + ids.len() - 1,
+                    context,
+                },
+            ));
+        }
+        if let Some(p) = policy.as_deref() {
+            if p.inputs().attention && !session.record_attention {
+                return Err(EngineError::AttentionNotRecorded { policy: p.name() });
+            }
+        }
+    }
+    let mut rest: Vec<&[u32]> = ids.to_vec();
+    let mut logits: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
+    loop {
+        let mut chunks: Vec<(usize, &[u32])> = Vec::new();
+        for (i, r) in rest.iter_mut().enumerate() {
+            if !r.is_empty() {
+                let room = CHUNK - rows[i].tokens_seen % CHUNK;
+                let (chunk, tail) = r.split_at(room.min(r.len()));
+                chunks.push((i, chunk));
+                *r = tail;
+            }
+        }
+        if chunks.is_empty() {
+            break;
+        }
+        let (single, longer): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|(_, c)| c.len() == 1);
+        for group in [single, longer] {
+            if group.is_empty() {
+                continue;
+            }
+            let members: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+            let group_ids: Vec<&[u32]> = group.iter().map(|(_, c)| *c).collect();
+            let mut sessions: Vec<&mut Session<'_>> = rows
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| members.contains(i))
+                .map(|(_, s)| &mut **s)
+                .collect();
+            let hidden = forward_rows(&mut sessions, &group_ids)?;
+            let model = sessions[0].model;
+            // Logits only where a row's input ends with this chunk.
+            let mut ends = Vec::new();
+            let mut lasts = Vec::new();
+            let mut row0 = 0;
+            for (i, c) in &group {
+                row0 += c.len();
+                if rest[*i].is_empty() {
+                    ends.push(*i);
+                    lasts.push(hidden.narrow(0, row0 - 1, 1)?);
+                }
+            }
+            if !lasts.is_empty() {
+                let out = model.logits_rows(&Tensor::cat(&lasts, 0)?)?.to_vec2::<f32>()?;
+                for (i, l) in ends.into_iter().zip(out) {
+                    logits[i] = Some(l);
+                }
+            }
+            for i in members {
+                let session = &mut *rows[i];
+                if session.tokens_seen.is_multiple_of(POLICY_PERIOD) {
+                    let p = policies[i]
+                        .as_deref_mut()
+                        .ok_or(EngineError::PrefixReachesInvocation {
+                            tokens_seen: session.tokens_seen,
+                            len: 0,
+                        })?;
+                    session.invoke(p)?;
+                }
+            }
+        }
+    }
+    logits
+        .into_iter()
+        .map(|l| l.ok_or(EngineError::EmptyInput))
+        .collect()
+}
+
+/// Runs one span of tokens per session (`ids[i]` at positions T_i.. of `rows[i]`, within one
+/// 128-token chunk) through every layer as one batch: projections and MLP on all rows at
+/// once, attention of each row over its own cache, which its K/V join. Returns the final
+/// hidden states of all rows, `[Σ len, hidden]`, in row order.
+fn forward_rows(rows: &mut [&mut Session<'_>], ids: &[&[u32]]) -> Result<Tensor> {
+    let model = rows[0].model;
+    let cfg = model.config();
+    let spans: Vec<Span> = rows
+        .iter()
+        .zip(ids)
+        .map(|(s, ids)| Span {
+            len: ids.len(),
+            pos0: s.tokens_seen,
+        })
+        .collect();
+    let mut masks = HashMap::new();
+    let mut x = model.embed(&ids.concat())?;
+    for layer in 0..cfg.n_layers {
+        let qkv = model.qkv_rows(layer, &x, &spans)?;
+        let ys = rows
+            .iter_mut()
+            .zip(qkv)
+            .map(|(s, qkv)| s.attend_layer(layer, qkv, &mut masks))
+            .collect::<Result<Vec<_>>>()?;
+        x = model.attn_residual_rows(layer, &x, &ys)?;
+        x = model.mlp_residual_rows(layer, &x, &spans)?;
+    }
+    for (s, span) in rows.iter_mut().zip(&spans) {
+        s.tokens_seen += span.len;
+        s.since_invocation += span.len;
+        let live: usize = s.caches.iter().map(LayerCache::live_bytes).sum();
+        s.peak_kv_bytes = s.peak_kv_bytes.max(live);
+    }
+    Ok(x)
 }
 
 /// Additive mask `[G·c, N]` for chunk rows g·c + i: key j is hidden iff it is a chunk token

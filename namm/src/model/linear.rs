@@ -155,20 +155,41 @@ impl Linear {
 
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.one {
-            Single::Q8(m) if x.dim(0)? == 1 => {
-                let xq = Q8Vector::quantize(&x.flatten_all()?.to_vec1::<f32>()?);
-                let mut y = vec![0f32; m.rows()];
-                m.gemv(&xq, &mut y);
-                Tensor::from_vec(y, (1, m.rows()), x.device())
+        if x.dim(0)? == 1 {
+            self.forward_each(x)
+        } else {
+            self.many.forward(x)
+        }
+    }
+
+    /// `x`: `[rows, in]` → `[rows, out]`, every row computed as [`Linear::forward`] computes a
+    /// single row (a decode step): a batch of decode steps gets the same numbers as one step
+    /// at a time, the weights read once for all of them.
+    pub fn forward_each(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (rows, cols) = x.dims2()?;
+        let quantized = || -> candle_core::Result<Vec<Q8Vector>> {
+            let data = x.flatten_all()?.to_vec1::<f32>()?;
+            Ok(data.chunks_exact(cols).map(Q8Vector::quantize).collect())
+        };
+        // The kernels write [out][rows]: weight-row major.
+        let (out, y) = match &self.one {
+            Single::Same => return self.many.forward(x),
+            Single::Q8(m) => {
+                let mut y = vec![0f32; m.rows() * rows];
+                m.gemv_many(&quantized()?, &mut y);
+                (m.rows(), y)
             }
-            Single::Q4(m) if x.dim(0)? == 1 => {
-                let xq = Q8Vector::quantize(&x.flatten_all()?.to_vec1::<f32>()?);
-                let mut y = vec![0f32; m.rows()];
-                m.gemv(&xq, &mut y);
-                Tensor::from_vec(y, (1, m.rows()), x.device())
+            Single::Q4(m) => {
+                let mut y = vec![0f32; m.rows() * rows];
+                m.gemv_many(&quantized()?, &mut y);
+                (m.rows(), y)
             }
-            _ => self.many.forward(x),
+        };
+        let t = Tensor::from_vec(y, (out, rows), x.device())?;
+        if rows == 1 {
+            t.reshape((1, out))
+        } else {
+            t.t()?.contiguous()
         }
     }
 

@@ -54,18 +54,21 @@ impl Q4Matrix {
         self.qs.len() + (self.d.len() + self.m.len()) * 4
     }
 
-    /// `y = W · x` for a vector quantised with [`Q8Vector::quantize`].
-    pub fn gemv(&self, x: &Q8Vector, y: &mut [f32]) {
+    /// `y[r][b] = (W · xs[b])[r]` for vectors quantised with [`Q8Vector::quantize`], `y`:
+    /// `[rows][xs.len()]`; each product is the same whatever the other vectors.
+    pub fn gemv_many(&self, xs: &[Q8Vector], y: &mut [f32]) {
         let nb = self.cols / BLOCK;
-        par_rows(&mut y[..self.rows], |r| {
+        par_rows(&mut y[..self.rows * xs.len()], xs.len(), |r, out| {
             let blocks = r * nb..(r + 1) * nb;
-            let offsets: f32 = self.m[blocks.clone()]
-                .iter()
-                .zip(&x.scaled_sums)
-                .map(|(m, s)| m * s)
-                .sum();
             let qs = &self.qs[r * nb * 16..(r + 1) * nb * 16];
-            dot(qs, &self.d[blocks], &x.qs, &x.scales) + offsets
+            for (o, x) in out.iter_mut().zip(xs) {
+                let offsets: f32 = self.m[blocks.clone()]
+                    .iter()
+                    .zip(&x.scaled_sums)
+                    .map(|(m, s)| m * s)
+                    .sum();
+                *o = dot(qs, &self.d[blocks.clone()], &x.qs, &x.scales) + offsets;
+            }
         });
     }
 }
@@ -161,7 +164,7 @@ mod tests {
         let m = Q4Matrix::from_q4_1_bytes(&q4_1_bytes(&w), rows, cols).unwrap();
         let xq = Q8Vector::quantize(&x);
         let mut y = vec![0f32; rows];
-        m.gemv(&xq, &mut y);
+        m.gemv_many(std::slice::from_ref(&xq), &mut y);
         for r in 0..rows {
             let deq: Vec<f32> = (0..cols)
                 .map(|c| {

@@ -5,15 +5,18 @@
 
 pub(crate) const BLOCK: usize = 32;
 
-/// `y[r] = row(r)` for every r, split across candle's spinning CPU worker pool (the caller
-/// takes part): a decode step runs ~200 small products, too short for rayon's wake-ups.
-pub(crate) fn par_rows(y: &mut [f32], row: impl Fn(usize) -> f32 + Sync) {
+/// `row(r, &mut y[r·width..(r+1)·width])` for every weight row r, split across candle's
+/// spinning CPU worker pool (the caller takes part): a decode step runs ~200 small products,
+/// too short for rayon's wake-ups. A row's `width` outputs are the same weights against
+/// `width` vectors, so a batch of decode steps streams the weights once.
+pub(crate) fn par_rows(y: &mut [f32], width: usize, row: impl Fn(usize, &mut [f32]) + Sync) {
     let out = y.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(y.len(), |range| {
+    candle_core::utils::barrier_pool().execute_chunked(y.len() / width.max(1), |range| {
         for r in range {
-            // SAFETY: execute_chunked hands out disjoint ranges of 0..y.len(), and `y`
-            // outlives the call, so every element is written by exactly one thread.
-            unsafe { *(out as *mut f32).add(r) = row(r) };
+            // SAFETY: execute_chunked hands out disjoint ranges of rows, and `y` outlives the
+            // call, so every element is written by exactly one thread.
+            let dst = unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(r * width), width) };
+            row(r, dst);
         }
     });
 }
@@ -118,12 +121,15 @@ impl Q8Matrix {
         self.qs.len() + self.scales.len() * 4
     }
 
-    /// `y = W · x` for a vector quantised with [`Q8Vector::quantize`].
-    pub fn gemv(&self, x: &Q8Vector, y: &mut [f32]) {
+    /// `y[r][b] = (W · xs[b])[r]` for vectors quantised with [`Q8Vector::quantize`], `y`:
+    /// `[rows][xs.len()]`; each product is the same whatever the other vectors.
+    pub fn gemv_many(&self, xs: &[Q8Vector], y: &mut [f32]) {
         let nb = self.cols / BLOCK;
-        par_rows(&mut y[..self.rows], |r| {
+        par_rows(&mut y[..self.rows * xs.len()], xs.len(), |r, out| {
             let w = &self.qs[r * self.cols..(r + 1) * self.cols];
-            dot(w, &self.scales[r * nb..(r + 1) * nb], &x.qs, &x.scales)
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = dot(w, &self.scales[r * nb..(r + 1) * nb], &x.qs, &x.scales);
+            }
         });
     }
 }
@@ -200,7 +206,7 @@ mod tests {
         let m = Q8Matrix::quantize(&w, rows, cols).unwrap();
         let xq = Q8Vector::quantize(&x);
         let mut y = vec![0f32; rows];
-        m.gemv(&xq, &mut y);
+        m.gemv_many(std::slice::from_ref(&xq), &mut y);
         for r in 0..rows {
             let exact: f32 = (0..cols).map(|c| w[r * cols + c] * x[c]).sum();
             let scalar = dot_scalar(
