@@ -226,6 +226,18 @@ heldout_every = 1
             .wait_exit(Duration::from_secs(600))
             .expect("the run did not finish");
         assert!(status.success(), "{}", coord.log());
+        // How many rows the prompts of generation 1's candidate units ran in.
+        let shown = c.json_db(&["show", "1", "1"]);
+        let rows: Vec<f64> = shown["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "candidate")
+            .flat_map(|e| e["items"].as_array().unwrap().clone())
+            .map(|i| finite(&i["extra"]["batch_rows"]))
+            .collect();
+        assert!(!rows.is_empty());
+        assert!(rows.iter().all(|&r| r == batch.parse::<f64>().unwrap()), "{rows:?}");
         let h = c.json_db(&["history", "1"]);
         h.as_array().unwrap().clone()
     };
