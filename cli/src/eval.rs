@@ -72,8 +72,8 @@ pub struct EvalArgs {
     /// candle's quantized_llama numbers, ~10x slower), f32, q8_0 or f32+q8_0
     #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
     pub format: WeightFormat,
-    /// Run up to N policies of a sample as rows of one batch (same results; faster decoding,
-    /// as the weights are read once per step for all rows)
+    /// Run up to N policies of a sample as rows of one batch (same results; the weights are
+    /// read once per decode step for all rows: for GPUs, and CPUs with short prompts)
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub batch: u32,
     /// Prefill every policy's prompt from scratch instead of sharing the part before the

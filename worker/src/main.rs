@@ -28,8 +28,8 @@ struct Cli {
     slots: u32,
     /// Candidates one batch may hold: NAMM units of the same prompts run as rows of one batch
     /// through the model (every row keeps its own cache; results equal one at a time). The
-    /// coordinator hands out up to slots × N units per lease. Helps decoding on a CPU and
-    /// everything on a GPU.
+    /// coordinator hands out up to slots × N units per lease. Meant for GPUs; on a small CPU
+    /// it speeds up decoding of short prompts only (README, "GPU build").
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     batch: u32,
     /// Add this much time to every evaluation (emulates a slow objective in tests and demos).
