@@ -30,6 +30,9 @@ pub struct Llm {
     cache: Mutex<PromptCache>,
 }
 
+/// A prompt of a unit: (task seed, item id).
+type PromptKey<'a> = (u64, &'a str);
+
 /// What a unit runs: its policy, and whether it accumulates normalisation statistics (the
 /// first reference pass).
 struct Plan {
@@ -38,14 +41,14 @@ struct Plan {
 }
 
 enum PlanPolicy {
-    Namm(NammPolicy),
+    Namm(Box<NammPolicy>),
     Full(FullCache),
 }
 
 impl PlanPolicy {
     fn as_dyn(&mut self) -> &mut dyn MemoryPolicy {
         match self {
-            PlanPolicy::Namm(p) => p,
+            PlanPolicy::Namm(p) => p.as_mut(),
             PlanPolicy::Full(p) => p,
         }
     }
@@ -123,7 +126,7 @@ impl Llm {
         let mut items: Vec<Vec<Option<ItemResult>>> =
             units.iter().map(|(u, _)| vec![None; u.item_ids.len()]).collect();
         // Rows by prompt, prompts in the order the units list them.
-        let mut prompts: Vec<((u64, &str), Vec<(usize, usize)>)> = Vec::new();
+        let mut prompts: Vec<(PromptKey, Vec<(usize, usize)>)> = Vec::new();
         for (ui, (unit, obj)) in units.iter().enumerate() {
             if plans[ui].is_err() {
                 continue;
@@ -180,10 +183,10 @@ impl Llm {
         // has no statistics yet and runs the NAMM to accumulate them; later passes (new tasks
         // of a stage) skip its work.
         let policy = match (&obj.norm_stats, kind) {
-            (None, UnitKind::Reference) => PlanPolicy::Namm(
+            (None, UnitKind::Reference) => PlanPolicy::Namm(Box::new(
                 NammPolicy::new(vec![0.0; PARAM_COUNT], NormMode::accumulate())
                     .map_err(|e| e.to_string())?,
-            ),
+            )),
             (Some(_), UnitKind::Reference) => PlanPolicy::Full(FullCache),
             (None, _) => return Err("a candidate unit came without frozen statistics".into()),
             (Some(s), _) => {
@@ -196,9 +199,9 @@ impl Llm {
                 let stats = NormStats::new(s.mean.clone(), s.var.clone(), s.count)
                     .map_err(|e| format!("objective.norm_stats: {e}"))?;
                 let params = unit.params.iter().map(|&v| v as f32).collect();
-                PlanPolicy::Namm(
+                PlanPolicy::Namm(Box::new(
                     NammPolicy::new(params, NormMode::Frozen(stats)).map_err(|e| e.to_string())?,
-                )
+                ))
             }
         };
         Ok(Plan {
