@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The LLM tests need the default model; fetching is a no-op once it is there.
 [ -n "${NAMM_MODEL:-}" ] || bash scripts/fetch-model.sh
+# The diagonal CMA-ES is compared live against pycma's (coordinator/src/cmaes/tests/pycma.rs).
+python3 -c "import cma" 2>/dev/null || python3 -m pip install --quiet "cma==4.5.0"
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"

@@ -5,7 +5,7 @@ use crate::output::{
 };
 use crate::source::Source;
 use anyhow::Context;
-use namm::policy::NammParams;
+use namm::policy::{NammParams, BUDGET_KEY};
 use namm::spec::RunSpec;
 use namm::stats::NormStats;
 use namm_proto::{GenerationRecord, RunRecord, UnitKind};
@@ -260,7 +260,7 @@ fn export_params(
     };
     let generation = exported_generation(run, which, heldout);
     let stage = namm.stage_of(generation);
-    let metadata = BTreeMap::from([
+    let mut metadata = BTreeMap::from([
         ("run_id".to_string(), run.run_id.to_string()),
         ("run_name".to_string(), run.name.clone()),
         (
@@ -287,7 +287,12 @@ fn export_params(
         ("tasks".to_string(), namm.stage_tasks(stage).join(";")),
         ("best_fitness".to_string(), run.best_fitness.to_string()),
         ("sigma".to_string(), run.sigma.to_string()),
+        ("fitness".to_string(), format!("{:?}", namm.fitness).to_lowercase()),
     ]);
+    // `namm:FILE` applies the budget the NAMM was trained at.
+    if let Some(b) = namm.budget() {
+        metadata.insert(BUDGET_KEY.to_string(), b.to_string());
+    }
     Ok(NammParams {
         params: values.iter().map(|&v| v as f32).collect(),
         stats,

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use namm_coord::cmaes::{symmetric_eigen, Cmaes, CmaesConfig, EigenMode};
+use namm_coord::cmaes::{symmetric_eigen, Cmaes, CmaesConfig, Covariance, EigenMode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -22,6 +22,8 @@ fn config(n: usize, eigen: EigenMode) -> CmaesConfig {
         sigma0: 0.065,
         x0: vec![0.0; n],
         eigen,
+        covariance: Covariance::Full,
+        shift_first_gen: true,
     }
 }
 

@@ -10,11 +10,15 @@
 //! - `best_fitness` starts at `f64::MIN` (the float64 analogue of −float32max) and only a
 //!   finite fitness can become the best.
 //!
-//! [`EigenMode::Exact`] decomposes C at every `ask` (parity with the reference);
+//! [`Covariance::Diagonal`] replaces the reference's full C by sep-CMA-ES's diagonal one
+//! (see `diagonal.rs`), the only way to keep the NAMM size's state and generations O(n).
+//!
+//! With a full C, [`EigenMode::Exact`] decomposes C at every `ask` (parity with the reference);
 //! [`EigenMode::Lazy`] reuses the last decomposition for pycma's gap of
 //! `1/(c₁+c_μ)/n/10` generations (see [`StrategyParams::lazy_gap`]), which at the NAMM size
 //! (n = 4172, λ = 32) is ~26 generations.
 
+mod diagonal;
 mod eigen;
 mod error;
 mod params;
@@ -42,6 +46,17 @@ pub enum EigenMode {
     Lazy,
 }
 
+/// The covariance model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Covariance {
+    /// A full n×n C, as the reference has (NAMM.md §9).
+    #[default]
+    Full,
+    /// sep-CMA-ES (Ros & Hansen 2008): only the n variances, B = I. Learns scalings, not
+    /// rotations, in O(n) memory and O(λn) per generation; the eigen mode does not apply.
+    Diagonal,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmaesConfig {
     /// n, the number of parameters.
@@ -53,6 +68,12 @@ pub struct CmaesConfig {
     /// Initial mean m₀, `dim` values.
     pub x0: Vec<f64>,
     pub eigen: EigenMode,
+    pub covariance: Covariance,
+    /// Whether the generation-0 decomposition adds NAMM.md §9.3's 1e-6 to every entry of C:
+    /// the reference does it for fresh runs and not for runs warm-started from a file. A
+    /// diagonal C ignores it: the shift is C + 1e-6·11ᵀ, a correlation a diagonal model cannot
+    /// hold, and a quirk of the reference rather than part of the algorithm.
+    pub shift_first_gen: bool,
 }
 
 impl CmaesConfig {
@@ -143,16 +164,19 @@ struct Pending {
 #[derive(Clone, Debug)]
 pub struct Cmaes {
     params: StrategyParams,
+    covariance: Covariance,
     eigen_mode: EigenMode,
     generation: u64,
     mean: Vec<f64>,
     sigma: f64,
+    /// n×n row-major, or the n variances of a diagonal C.
     c: Vec<f64>,
     p_sigma: Vec<f64>,
     p_c: Vec<f64>,
     best_member: Vec<f64>,
     best_fitness: f64,
     shift_first_gen: bool,
+    /// Full C only.
     decomposition: Option<Decomposition>,
     pending: Option<Pending>,
 }
@@ -161,12 +185,19 @@ impl Cmaes {
     pub fn new(cfg: &CmaesConfig) -> Result<Self, CmaesError> {
         cfg.validate()?;
         let n = cfg.dim;
-        let mut c = vec![0.0; n * n];
-        for i in 0..n {
-            c[i * n + i] = 1.0;
-        }
+        let c = match cfg.covariance {
+            Covariance::Full => {
+                let mut c = vec![0.0; n * n];
+                for i in 0..n {
+                    c[i * n + i] = 1.0;
+                }
+                c
+            }
+            Covariance::Diagonal => vec![1.0; n],
+        };
         Ok(Self {
-            params: StrategyParams::new(cfg.population, n),
+            params: StrategyParams::with_covariance(cfg.population, n, cfg.covariance),
+            covariance: cfg.covariance,
             eigen_mode: cfg.eigen,
             generation: 0,
             mean: cfg.x0.clone(),
@@ -176,7 +207,7 @@ impl Cmaes {
             p_c: vec![0.0; n],
             best_member: cfg.x0.clone(),
             best_fitness: f64::MIN,
-            shift_first_gen: true,
+            shift_first_gen: cfg.shift_first_gen,
             decomposition: None,
             pending: None,
         })
@@ -193,6 +224,10 @@ impl Cmaes {
 
     pub fn eigen_mode(&self) -> EigenMode {
         self.eigen_mode
+    }
+
+    pub fn covariance(&self) -> Covariance {
+        self.covariance
     }
 
     pub fn mean(&self) -> &[f64] {
@@ -221,8 +256,9 @@ impl Cmaes {
         self.ask_with_normals(&z)
     }
 
-    /// Samples the population `x = m + σ·z·diag(D)·Bᵀ` from the given normals (λ×n,
-    /// row-major). Panics if `z` does not hold λ·n values (a caller bug, not user input).
+    /// Samples the population `x = m + σ·z·diag(D)·Bᵀ` (B = I for a diagonal C) from the given
+    /// normals (λ×n, row-major). Panics if `z` does not hold λ·n values (a caller bug, not
+    /// user input).
     pub fn ask_with_normals(&mut self, z: &[f64]) -> Vec<Vec<f64>> {
         let (lam, n) = (self.params.population, self.params.dim);
         assert_eq!(
@@ -230,12 +266,20 @@ impl Cmaes {
             lam * n,
             "ask_with_normals: z must hold λ·n normals"
         );
-        self.refresh_decomposition();
-        let dec = self
-            .decomposition
-            .as_ref()
-            .expect("refresh_decomposition always leaves a decomposition");
-        let (x, y) = sample(&dec.b, &dec.d, z, &self.mean, self.sigma);
+        let (x, y) = match self.covariance {
+            Covariance::Full => {
+                self.refresh_decomposition();
+                let dec = self
+                    .decomposition
+                    .as_ref()
+                    .expect("refresh_decomposition always leaves a decomposition");
+                sample(&dec.b, &dec.d, z, &self.mean, self.sigma)
+            }
+            Covariance::Diagonal => {
+                let d = diagonal::axis_lengths(&self.c);
+                diagonal::sample(&d, z, &self.mean, self.sigma)
+            }
+        };
         let rows = x.chunks_exact(n).map(<[f64]>::to_vec).collect();
         self.pending = Some(Pending { x, y });
         rows
@@ -246,8 +290,7 @@ impl Cmaes {
     /// pending.
     pub fn tell(&mut self, fitness: &[f64]) -> Result<(), CmaesError> {
         let (lam, n) = (self.params.population, self.params.dim);
-        let (Some(pending), Some(dec)) = (self.pending.as_ref(), self.decomposition.as_ref())
-        else {
+        let Some(pending) = self.pending.as_ref() else {
             return Err(CmaesError::TellWithoutAsk {
                 generation: self.generation,
             });
@@ -259,6 +302,7 @@ impl Cmaes {
             });
         }
         let p = &self.params;
+        let shape = Shape::at_ask(self.covariance, self.decomposition.as_ref(), &self.c);
         self.generation += 1;
         let order = rank_descending(fitness);
         let mut ys = vec![0.0; lam * n];
@@ -278,7 +322,7 @@ impl Cmaes {
             *m += p.c_m * self.sigma * v;
         }
 
-        let whitened = inv_sqrt_times(&dec.b, &dec.d, &y_w);
+        let whitened = shape.inv_sqrt_times(&y_w);
         let ps_coef = (p.c_sigma * (2.0 - p.c_sigma) * p.mu_eff).sqrt();
         for (ps, v) in self.p_sigma.iter_mut().zip(&whitened) {
             *ps = (1.0 - p.c_sigma) * *ps + ps_coef * v;
@@ -297,11 +341,11 @@ impl Cmaes {
             *pc = (1.0 - p.c_c) * *pc + pc_coef * v;
         }
 
-        let w_circ = active_weights(&p.weights, &ys, &dec.b, &dec.d);
+        let w_circ = shape.active_weights(&p.weights, &ys);
         let delta = (1.0 - h_sigma) * p.c_c * (2.0 - p.c_c);
         let decay = 1.0 + p.c_1 * delta - p.c_1 - p.c_mu * p.weights_sum();
         let coefs: Vec<f64> = w_circ.iter().map(|w| p.c_mu * w).collect();
-        update_covariance(&mut self.c, decay, &coefs, &ys, p.c_1, &self.p_c);
+        shape.update_covariance(&mut self.c, decay, &coefs, &ys, p.c_1, &self.p_c);
 
         self.sigma *= ((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1.0)).exp();
 
@@ -336,18 +380,20 @@ impl Cmaes {
         }
     }
 
-    /// Rebuilds a strategy from `state()`. `cfg` supplies dim, population and the eigen mode;
-    /// its x0 and sigma0 are superseded by the state. In exact mode a persisted
-    /// decomposition is ignored (the next `ask` recomputes it).
+    /// Rebuilds a strategy from `state()`. `cfg` supplies dim, population, the covariance
+    /// model and the eigen mode; its x0, sigma0 and shift_first_gen are superseded by the
+    /// state. In exact mode a persisted decomposition is ignored (the next `ask` recomputes
+    /// it).
     pub fn from_state(cfg: &CmaesConfig, s: CmaesState) -> Result<Self, CmaesError> {
         cfg.validate()?;
-        s.validate(cfg.dim)?;
+        s.validate(cfg.dim, cfg.covariance)?;
         let decomposition = match (cfg.eigen, s.decomposed_at) {
             (EigenMode::Lazy, Some(at)) => Some(Decomposition { at, b: s.b, d: s.d }),
             _ => None,
         };
         Ok(Self {
-            params: StrategyParams::new(cfg.population, cfg.dim),
+            params: StrategyParams::with_covariance(cfg.population, cfg.dim, cfg.covariance),
+            covariance: cfg.covariance,
             eigen_mode: cfg.eigen,
             generation: s.generation,
             mean: s.mean,
@@ -444,6 +490,63 @@ impl Cmaes {
     }
 }
 
+/// The shape of the distribution `ask` sampled from, which `tell` whitens with.
+enum Shape<'a> {
+    Full(&'a Decomposition),
+    /// D = √diag(C).
+    Diagonal(Vec<f64>),
+}
+
+impl<'a> Shape<'a> {
+    /// C has not changed since `ask`, so a diagonal D recomputed from it is the ask-time one.
+    fn at_ask(covariance: Covariance, dec: Option<&'a Decomposition>, c: &[f64]) -> Self {
+        match covariance {
+            Covariance::Full => Shape::Full(dec.expect("ask leaves a decomposition for tell")),
+            Covariance::Diagonal => Shape::Diagonal(diagonal::axis_lengths(c)),
+        }
+    }
+
+    fn inv_sqrt_times(&self, v: &[f64]) -> Vec<f64> {
+        match self {
+            Shape::Full(dec) => inv_sqrt_times(&dec.b, &dec.d, v),
+            Shape::Diagonal(d) => diagonal::inv_sqrt_times(d, v),
+        }
+    }
+
+    fn active_weights(&self, weights: &[f64], ys: &[f64]) -> Vec<f64> {
+        match self {
+            Shape::Full(dec) => active_weights(weights, ys, &dec.b, &dec.d),
+            Shape::Diagonal(d) => diagonal::active_weights(weights, ys, d),
+        }
+    }
+
+    fn update_covariance(
+        &self,
+        c: &mut [f64],
+        decay: f64,
+        coefs: &[f64],
+        ys: &[f64],
+        c_1: f64,
+        p_c: &[f64],
+    ) {
+        match self {
+            Shape::Full(_) => update_covariance(c, decay, coefs, ys, c_1, p_c),
+            Shape::Diagonal(_) => diagonal::update_covariance(c, decay, coefs, ys, c_1, p_c),
+        }
+    }
+}
+
+/// x = m + σ·y, row by row (λ×n row-major).
+fn candidates(y: &[f64], mean: &[f64], sigma: f64) -> Vec<f64> {
+    let mut x = y.to_vec();
+    for row in x.chunks_exact_mut(mean.len()) {
+        for (v, m) in row.iter_mut().zip(mean) {
+            *v = m + sigma * *v;
+        }
+    }
+    x
+}
+
 /// x = m + σ·y with y = z·diag(D)·Bᵀ, both λ×n row-major.
 fn sample(b: &[f64], d: &[f64], z: &[f64], mean: &[f64], sigma: f64) -> (Vec<f64>, Vec<f64>) {
     let n = d.len();
@@ -463,13 +566,7 @@ fn sample(b: &[f64], d: &[f64], z: &[f64], mean: &[f64], sigma: f64) -> (Vec<f64
         1.0,
         Par::Seq,
     );
-    let mut x = y.clone();
-    for row in x.chunks_exact_mut(n) {
-        for (v, m) in row.iter_mut().zip(mean) {
-            *v = m + sigma * *v;
-        }
-    }
-    (x, y)
+    (candidates(&y, mean, sigma), y)
 }
 
 /// C^{-1/2}·v = B·diag(1/D)·Bᵀ·v.
@@ -512,9 +609,15 @@ fn active_weights(weights: &[f64], ys: &[f64], b: &[f64], d: &[f64]) -> Vec<f64>
     let mut out = weights.to_vec();
     for (&i, row) in negative.iter().zip(bt_y.chunks_exact(n)) {
         let sq: f64 = row.iter().zip(d).map(|(v, dj)| (v / dj).powi(2)).sum();
-        out[i] = weights[i] * n as f64 / (sq + 1e-20);
+        out[i] = rescaled_negative(weights[i], n, sq);
     }
     out
+}
+
+/// w · n / (‖C^{-1/2}y‖² + 1e-20): a negative weight's vector counts as if its squared
+/// Mahalanobis norm were n, so an unusually long bad step cannot make C indefinite.
+fn rescaled_negative(w: f64, n: usize, mahalanobis_sq: f64) -> f64 {
+    w * n as f64 / (mahalanobis_sq + 1e-20)
 }
 
 /// C ← decay·C + c₁·p_c·p_cᵀ + Σ_i coefs_i·y_(i)·y_(i)ᵀ as one rank-(λ+1) product.

@@ -13,9 +13,10 @@ use crate::error::CoordError;
 use crate::seed::{rng_for, Purpose};
 use crate::store::{GenerationCommit, Store};
 use crate::strategy;
-use namm::spec::{NammSpec, ObjectiveKind, RunSpec};
+use namm::policy::NammParams;
+use namm::spec::{FitnessKind, NammSpec, ObjectiveKind, RunSpec, X0};
 use namm::stats::NormStats;
-use namm::training::{self, ItemScore, KEPT_FRACTION};
+use namm::training::{self, ItemScore, ANSWER_LOGPROB, KEPT_FRACTION};
 use namm_proto::{
     objective, BenchmarkObjective, CandidateTasks, EvalRecord, GenerationRecord, HeldOut,
     ItemResult, NammObjective, Objective, RunRecord, RunStatus, TaskScore, UnitKey, UnitKind,
@@ -39,10 +40,20 @@ enum Phase {
     Generation,
 }
 
+/// What a unit measures on each of its prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    /// Decode an answer and score it with the task metric.
+    Decode,
+    /// Score the gold answer teacher-forced (likelihood fitness).
+    AnswerLikelihood,
+}
+
 /// A unit of the current phase and its report, once stored.
 struct Planned {
     key: UnitKey,
     items: Vec<String>,
+    measure: Measure,
     done: Option<EvalRecord>,
 }
 
@@ -73,7 +84,9 @@ pub struct Told {
 
 impl ActiveRun {
     /// Starts a new run from a validated spec: draws generation 0 and stores everything.
-    pub fn create(store: &Store, spec: RunSpec) -> Result<ActiveRun, CoordError> {
+    pub fn create(store: &Store, mut spec: RunSpec) -> Result<ActiveRun, CoordError> {
+        let submitted = spec.to_toml();
+        let start = warm_start(&mut spec)?;
         let cfg = strategy::config_for(&spec);
         let mut cmaes = Cmaes::new(&cfg).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
         let gen = draw_generation(&mut cmaes, &spec, 0, 0);
@@ -89,6 +102,12 @@ impl ActiveRun {
             objective: objective_label(&spec),
             dim: spec.dim() as u32,
             population: cfg.population as u32,
+            submitted_spec_toml: if spec.strategy.init_from.is_some() {
+                submitted
+            } else {
+                String::new()
+            },
+            frozen_stats: start,
             ..Default::default()
         };
         let record = store.create_run(record, gen.clone())?;
@@ -191,7 +210,11 @@ impl ActiveRun {
                 self.phase = Phase::Generation;
                 let item = self.spec.objective.kind.to_string();
                 for c in 0..self.population_size() {
-                    units.push((key(UnitKind::Candidate, c, 0), vec![item.clone()]));
+                    units.push((
+                        key(UnitKind::Candidate, c, 0),
+                        vec![item.clone()],
+                        Measure::Decode,
+                    ));
                 }
             }
             Some(namm) => {
@@ -213,21 +236,28 @@ impl ActiveRun {
                     .collect();
                 if !unreferenced.is_empty() {
                     self.phase = Phase::Reference;
-                    let pools = vec![pool; unreferenced.len()];
-                    for (s, items) in training::shards(&unreferenced, &pools, namm.shard_size)
+                    for (s, (items, measure)) in reference_shards(&namm, &unreferenced)
                         .into_iter()
                         .enumerate()
                     {
-                        units.push((key(UnitKind::Reference, 0, s as u32), items));
+                        units.push((key(UnitKind::Reference, 0, s as u32), items, measure));
                     }
                 } else {
                     self.phase = Phase::Generation;
                     let mut rng = rng_for(self.spec.seed, u64::from(g), Purpose::Prompts);
                     let drawn = training::draw_prompts(&namm, &tasks, &mut rng);
                     self.shards = training::shards(&tasks, &drawn, namm.shard_size);
+                    let measure = match namm.fitness {
+                        FitnessKind::Metric => Measure::Decode,
+                        FitnessKind::Likelihood => Measure::AnswerLikelihood,
+                    };
                     for c in 0..self.population_size() {
                         for (s, items) in self.shards.iter().enumerate() {
-                            units.push((key(UnitKind::Candidate, c, s as u32), items.clone()));
+                            units.push((
+                                key(UnitKind::Candidate, c, s as u32),
+                                items.clone(),
+                                measure,
+                            ));
                         }
                     }
                     if heldout_due(&namm, g) {
@@ -236,7 +266,11 @@ impl ActiveRun {
                             .into_iter()
                             .enumerate()
                         {
-                            units.push((key(UnitKind::Heldout, 0, s as u32), items));
+                            units.push((
+                                key(UnitKind::Heldout, 0, s as u32),
+                                items,
+                                Measure::Decode,
+                            ));
                         }
                     }
                 }
@@ -245,13 +279,14 @@ impl ActiveRun {
         self.index = units
             .iter()
             .enumerate()
-            .map(|(i, (k, _))| (*k, i))
+            .map(|(i, (k, _, _))| (*k, i))
             .collect();
         self.units = units
             .into_iter()
-            .map(|(key, items)| Planned {
+            .map(|(key, items, measure)| Planned {
                 key,
                 items,
+                measure,
                 done: None,
             })
             .collect();
@@ -312,15 +347,21 @@ impl ActiveRun {
                 kind: self.spec.objective.kind.to_string(),
                 dim: self.spec.dim() as u32,
             }),
-            Some(namm) => objective::Kind::Namm(NammObjective {
-                model_sha256: namm.model_sha256.clone(),
-                task_seed: namm.task_seed,
+            Some(namm) => {
+                let measure = self.unit(key).map_or(Measure::Decode, |u| u.measure);
                 // The first reference pass runs without statistics: it produces them.
-                norm_stats: match (key.kind(), &self.record.frozen_stats) {
-                    (UnitKind::Reference, None) => None,
-                    (_, stats) => stats.clone(),
-                },
-            }),
+                let accumulate_stats =
+                    key.kind() == UnitKind::Reference && self.record.frozen_stats.is_none();
+                objective::Kind::Namm(NammObjective {
+                    model_sha256: namm.model_sha256.clone(),
+                    task_seed: namm.task_seed,
+                    norm_stats: self.record.frozen_stats.clone(),
+                    accumulate_stats,
+                    budget: namm.budget().map(|b| b.to_string()).unwrap_or_default(),
+                    decode: measure == Measure::Decode,
+                    answer_likelihood: measure == Measure::AnswerLikelihood,
+                })
+            }
         };
         Objective { kind: Some(kind) }
     }
@@ -393,13 +434,22 @@ impl ActiveRun {
     /// normalised without it.
     fn finish_reference(&mut self, store: &Store) -> Result<Option<Told>, CoordError> {
         let mut scores = Vec::new();
+        let mut logprobs = Vec::new();
         let mut merged: Option<NormStats> = None;
         let mut failure = None;
         for u in &self.units {
             let eval = u.done.as_ref().expect("phase complete");
             for item in &eval.items {
-                if item.score.is_finite() {
+                let logprob = item.extra.get(ANSWER_LOGPROB).copied();
+                let measured = match u.measure {
+                    Measure::Decode => item.score.is_finite(),
+                    Measure::AnswerLikelihood => logprob.is_some_and(f64::is_finite),
+                };
+                if measured {
                     scores.push((item.item_id.clone(), item.score));
+                    if let Some(l) = logprob.filter(|_| u.measure == Measure::AnswerLikelihood) {
+                        logprobs.push((item.item_id.clone(), l));
+                    }
                 } else if failure.is_none() {
                     failure = Some(format!(
                         "the full-cache reference pass failed on prompt {:?} (worker {}); see \
@@ -444,6 +494,7 @@ impl ActiveRun {
             }));
         }
         self.record.reference_scores.extend(scores);
+        self.record.reference_logprobs.extend(logprobs);
         if let Some(m) = merged {
             self.record.frozen_stats = Some(namm_proto::NormStats {
                 mean: m.mean,
@@ -471,6 +522,7 @@ impl ActiveRun {
             .map(|i| ItemScore {
                 item_id: &i.item_id,
                 score: i.score,
+                logprob: i.extra.get(ANSWER_LOGPROB).copied().unwrap_or(f64::NAN),
                 kept_fraction: i.extra.get(KEPT_FRACTION).copied().unwrap_or(f64::NAN),
             })
             .collect()
@@ -498,9 +550,8 @@ impl ActiveRun {
         let tasks = namm.stage_tasks(self.gen.stage);
         (0..population)
             .map(|c| {
-                let f = training::fitness(tasks, &self.done_items(UnitKind::Candidate, c), |id| {
-                    self.record.reference_scores.get(id).copied()
-                });
+                let items = self.done_items(UnitKind::Candidate, c);
+                let f = training::fitness(namm.fitness, tasks, &items, |id| self.reference(id));
                 (
                     f.fitness,
                     CandidateTasks {
@@ -512,15 +563,27 @@ impl ActiveRun {
             .unzip()
     }
 
+    /// The full cache's result on a pool prompt (its log-likelihood NaN where not measured).
+    fn reference(&self, id: &str) -> Option<training::Reference> {
+        let score = *self.record.reference_scores.get(id)?;
+        let logprob = self
+            .record
+            .reference_logprobs
+            .get(id)
+            .copied()
+            .unwrap_or(f64::NAN);
+        Some(training::Reference { score, logprob })
+    }
+
     fn heldout(&self) -> Option<HeldOut> {
         let namm = self.namm()?;
         let items = self.done_items(UnitKind::Heldout, 0);
         if items.is_empty() {
             return None;
         }
-        let f = training::fitness(namm.stage_tasks(self.gen.stage), &items, |id| {
-            self.record.reference_scores.get(id).copied()
-        });
+        // The held-out mean always decodes: it is scored by what users care about.
+        let tasks = namm.stage_tasks(self.gen.stage);
+        let f = training::fitness(FitnessKind::Metric, tasks, &items, |id| self.reference(id));
         Some(HeldOut {
             tasks: f.tasks.iter().map(task_score).collect(),
             fitness: f.fitness,
@@ -630,6 +693,73 @@ impl ActiveRun {
 
     pub fn is_running(&self) -> bool {
         self.record.status == RunStatus::Running as i32
+    }
+}
+
+/// The reference pass over the pools of `tasks`. With the metric fitness every prompt is
+/// decoded; with the likelihood fitness the training pool scores the gold answer (what
+/// candidates are compared with) and only the held-out prompts decode (what the held-out
+/// mean is compared with).
+fn reference_shards(namm: &NammSpec, tasks: &[String]) -> Vec<(Vec<String>, Measure)> {
+    let shards = |indices: Vec<u64>, measure| {
+        let lists = vec![indices; tasks.len()];
+        training::shards(tasks, &lists, namm.shard_size)
+            .into_iter()
+            .map(move |s| (s, measure))
+            .collect::<Vec<_>>()
+    };
+    match namm.fitness {
+        FitnessKind::Metric => shards(training::pool_indices(namm), Measure::Decode),
+        FitnessKind::Likelihood => {
+            let pool = (0..namm.pool_size as u64).collect();
+            let mut all = shards(pool, Measure::AnswerLikelihood);
+            all.extend(shards(training::heldout_indices(namm), Measure::Decode));
+            all
+        }
+    }
+}
+
+/// Resolves `strategy.init_from`: the file's parameters become `x0` (written into the spec,
+/// which is stored, so the run never reads the file again) and its frozen statistics, if it
+/// has any, the run's. Returns those statistics.
+fn warm_start(spec: &mut RunSpec) -> Result<Option<namm_proto::NormStats>, CoordError> {
+    let Some(path) = spec.strategy.init_from.clone() else {
+        return Ok(None);
+    };
+    let bad = |reason: String| {
+        CoordError::InvalidArgument(format!("run spec field `strategy.init_from` = {path:?}: {reason}"))
+    };
+    if spec.namm.is_none() {
+        return Err(bad("only a NAMM run starts from an exported NAMM".into()));
+    }
+    if spec.strategy.x0 != X0::Scalar(0.0) {
+        return Err(bad("give either init_from or x0, not both".into()));
+    }
+    let file = NammParams::load(&locate(&path)).map_err(|e| bad(e.to_string()))?;
+    if file.params.len() != spec.dim() {
+        return Err(bad(format!(
+            "the file has {} parameters, the run {}",
+            file.params.len(),
+            spec.dim()
+        )));
+    }
+    spec.strategy.x0 = X0::Vector(file.params.iter().map(|&v| f64::from(v)).collect());
+    Ok((file.stats.count > 0.0).then(|| namm_proto::NormStats {
+        mean: file.stats.mean.clone(),
+        var: file.stats.var.clone(),
+        count: file.stats.count,
+    }))
+}
+
+/// A relative `init_from` path names a file under the working directory or, failing that,
+/// under the repository (so the default recipe's start file is found from anywhere).
+fn locate(path: &str) -> std::path::PathBuf {
+    let given = std::path::Path::new(path);
+    let in_repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path);
+    if given.is_relative() && !given.exists() && in_repo.is_file() {
+        in_repo
+    } else {
+        given.to_path_buf()
     }
 }
 
@@ -882,6 +1012,137 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         told
     }
 
+    /// A likelihood-fitness run under a budget, warm-started from an exported NAMM. The full
+    /// cache's gold-answer log-likelihood is −1 per token everywhere; candidate 0 gets −0.5,
+    /// the others −2. Decoding units score 1 on even prompts.
+    #[test]
+    fn a_likelihood_run_under_a_budget_starts_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let file = dir.path().join("start.safetensors");
+        let stats = NormStats::new(vec![0.5; 17], vec![2.0; 17], 99.0).unwrap();
+        let params: Vec<f32> = (0..4172).map(|i| (i % 7) as f32 * 0.01).collect();
+        NammParams {
+            params: params.clone(),
+            stats: stats.clone(),
+            metadata: Default::default(),
+        }
+        .save(&file)
+        .unwrap();
+        let text = format!(
+            "[strategy]\npopulation = 3\ninit_from = {:?}\n[stop]\nmax_generations = 2\n\
+             target_fitness = inf\n[namm]\ntasks = [\"passkey:len=600\"]\npool_size = 4\n\
+             heldout_size = 2\nprompts_per_task = 2\nshard_size = 2\nheldout_every = 1\n\
+             budget = 0.25\nfitness = \"likelihood\"\n",
+            file.display().to_string()
+        );
+        let spec = RunSpec::from_toml(&text).unwrap();
+        let mut run = ActiveRun::create(&store, spec.clone()).unwrap();
+        let x0: Vec<f64> = params.iter().map(|&v| f64::from(v)).collect();
+        assert_eq!(run.gen.mean_before, x0);
+        assert_eq!(run.record.submitted_spec_toml, spec.to_toml());
+        assert!(run.record.spec_toml.contains("x0 = ["));
+        assert_eq!(run.record.frozen_stats.as_ref().unwrap().count, 99.0);
+
+        let fake = |run: &ActiveRun, key: UnitKey| {
+            let Some(objective::Kind::Namm(obj)) = run.objective(&key).kind else {
+                panic!("a NAMM objective");
+            };
+            assert!(!obj.accumulate_stats, "the file's statistics are frozen");
+            assert_eq!(obj.budget, "0.25");
+            let items = run
+                .item_ids(&key)
+                .into_iter()
+                .map(|id| {
+                    let (_, index) = training::parse_item_id(&id).unwrap();
+                    let logprob = match key.kind() {
+                        UnitKind::Reference => -1.0,
+                        _ if key.candidate == 0 => -0.5,
+                        _ => -2.0,
+                    };
+                    let (score, extra) = if obj.answer_likelihood {
+                        (
+                            f64::exp(logprob),
+                            [(ANSWER_LOGPROB.to_string(), logprob)].into(),
+                        )
+                    } else {
+                        ((1 - index % 2) as f64, Default::default())
+                    };
+                    let mut extra: HashMap<String, f64> = extra;
+                    extra.insert(KEPT_FRACTION.to_string(), 0.25);
+                    ItemResult {
+                        item_id: id,
+                        score,
+                        extra,
+                    }
+                })
+                .collect();
+            EvalRecord {
+                key: Some(key),
+                items,
+                ..Default::default()
+            }
+        };
+        let answer = |run: &mut ActiveRun| {
+            let mut told = None;
+            for key in run.missing_units() {
+                let eval = fake(run, key);
+                store.put_eval(&eval).unwrap();
+                if run.record_result(eval) {
+                    told = run.advance(&store).unwrap();
+                }
+            }
+            told
+        };
+        // The reference pass: the training pool scores the gold answer, the held-out decodes.
+        assert!(run.in_reference_pass());
+        for key in run.missing_units() {
+            let Some(objective::Kind::Namm(obj)) = run.objective(&key).kind else {
+                panic!("a NAMM objective");
+            };
+            let heldout = run
+                .item_ids(&key)
+                .iter()
+                .all(|id| training::parse_item_id(id).unwrap().1 >= 4);
+            assert_eq!((obj.decode, obj.answer_likelihood), (heldout, !heldout), "{key:?}");
+        }
+        assert!(answer(&mut run).is_none());
+        assert_eq!(run.record.reference_logprobs.len(), 4);
+        assert_eq!(run.record.reference_scores.len(), 6);
+
+        let g0 = answer(&mut run).unwrap().finished.unwrap();
+        assert!((g0.fitness[0] - 0.5f64.exp()).abs() < 1e-12, "{:?}", g0.fitness);
+        assert!((g0.fitness[1] - (-1.0f64).exp()).abs() < 1e-12);
+        assert!(g0.heldout.is_none());
+        // A restart rebuilds the run from the stored spec, without the file.
+        std::fs::remove_file(&file).unwrap();
+        let record = store.get_run(run.id()).unwrap().unwrap();
+        let mut resumed = ActiveRun::resume(&store, record).unwrap();
+        assert_eq!(resumed.generation(), 1);
+        // The held-out mean decodes and is scored by the metric: 1 of 2 prompts answered,
+        // like the full cache.
+        let g1 = answer(&mut resumed).unwrap().finished.unwrap();
+        assert_eq!(g1.heldout.unwrap().fitness, 1.0);
+    }
+
+    #[test]
+    fn init_from_refuses_bad_files_and_a_second_x0() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let missing = dir.path().join("absent.safetensors");
+        let spec = |extra: &str| {
+            RunSpec::from_toml(&format!(
+                "[strategy]\ninit_from = {:?}\n{extra}",
+                missing.display().to_string()
+            ))
+            .unwrap()
+        };
+        let err = ActiveRun::create(&store, spec("")).err().unwrap().to_string();
+        assert!(err.contains("strategy.init_from") && err.contains("absent"), "{err}");
+        let err = ActiveRun::create(&store, spec("x0 = 0.5")).err().unwrap().to_string();
+        assert!(err.contains("not both"), "{err}");
+    }
+
     #[test]
     fn a_namm_run_goes_reference_then_candidates_then_stages() {
         let dir = tempfile::tempdir().unwrap();
@@ -897,7 +1158,8 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         let Some(objective::Kind::Namm(obj)) = run.objective(&refs[0]).kind else {
             panic!("a NAMM objective");
         };
-        assert!(obj.norm_stats.is_none(), "the first pass accumulates");
+        assert!(obj.norm_stats.is_none() && obj.accumulate_stats, "the first pass accumulates");
+        assert!(obj.decode && !obj.answer_likelihood && obj.budget.is_empty());
         assert!(answer_all(&mut run, &store).is_none());
 
         // Statistics merged in shard order (means 0..5, count 10 each) and frozen.

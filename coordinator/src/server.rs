@@ -235,7 +235,7 @@ fn submit_file(coord: &Arc<Coordinator>, path: &PathBuf) -> anyhow::Result<()> {
         .store
         .list_runs()?
         .into_iter()
-        .find(|r| r.spec_toml == canonical)
+        .find(|r| r.spec_toml == canonical || r.submitted_spec_toml == canonical)
     {
         tracing::info!(run = existing.run_id, file = %path.display(), "run already in the database; not submitting it again");
         return Ok(());

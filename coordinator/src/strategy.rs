@@ -1,7 +1,7 @@
 //! The bridge between the CMA-ES of `cmaes.rs` and the stored `StrategyState` message.
 
-use crate::cmaes::{CmaesConfig, CmaesState, EigenMode};
-use namm::spec::{Eigen, RunSpec};
+use crate::cmaes::{CmaesConfig, CmaesState, Covariance, EigenMode};
+use namm::spec::{self, Eigen, RunSpec};
 use namm_proto::StrategyState;
 
 /// The CMA-ES configuration a run spec implies.
@@ -15,6 +15,13 @@ pub fn config_for(spec: &RunSpec) -> CmaesConfig {
             Eigen::Exact => EigenMode::Exact,
             Eigen::Lazy => EigenMode::Lazy,
         },
+        covariance: match spec.covariance() {
+            spec::Covariance::Full => Covariance::Full,
+            spec::Covariance::Diagonal => Covariance::Diagonal,
+        },
+        // A run warm-started from a file continues a search rather than starting one, as
+        // the reference's `init_from` does.
+        shift_first_gen: spec.strategy.init_from.is_none(),
     }
 }
 

@@ -83,6 +83,24 @@ pub struct BatchRow<'a, 'm> {
     pub max_new_tokens: usize,
 }
 
+/// How likely a sequence under a policy finds a given answer after its prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerScore {
+    /// Σ log p(answer_t | prompt, answer_<t), natural log.
+    pub logprob: f64,
+    /// Answer tokens scored.
+    pub tokens: usize,
+    /// The cache accounting of the pass (no token is generated: `generated_tokens` is 0).
+    pub stats: GenerationStats,
+}
+
+impl AnswerScore {
+    /// Mean log-probability per answer token.
+    pub fn mean_logprob(&self) -> f64 {
+        self.logprob / self.tokens.max(1) as f64
+    }
+}
+
 /// Runs greedy generations on one model, one sequence at a time or several as rows of one
 /// batch.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +149,61 @@ impl<'m> Engine<'m> {
             max_new_tokens: opts.max_new_tokens,
         };
         Ok(self.generate_batch(vec![row], &opts.stop_tokens)?.remove(0))
+    }
+
+    /// Teacher-forces `answer` after `rest` (continuing a fork of `prefix`, or an empty cache)
+    /// under `policy` and sums the log-probabilities the model gives its tokens. The answer
+    /// goes in token by token, as a decoding loop would feed it, so the policy's invocations
+    /// and every logit are those of a generation that produced exactly this answer.
+    pub fn score_answer(
+        &self,
+        prefix: Option<&Session<'m>>,
+        rest: &[u32],
+        answer: &[u32],
+        policy: &mut dyn MemoryPolicy,
+    ) -> Result<AnswerScore> {
+        if answer.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        policy.reset();
+        let mut session = match prefix {
+            Some(p) => p.fork()?,
+            None => Session::new(self.model, policy.inputs())?,
+        };
+        let policy_secs0 = session.policy_secs();
+        let start = Instant::now();
+        let mut logits = session.feed(rest, policy)?;
+        let prefill_secs = start.elapsed().as_secs_f64();
+        let prompt_tokens = session.tokens_seen();
+        let decode = Instant::now();
+        let mut logprob = 0.0;
+        for (i, &token) in answer.iter().enumerate() {
+            logprob += log_softmax_at(&logits, token);
+            if i + 1 < answer.len() {
+                logits = session.feed(&[token], policy)?;
+            }
+        }
+        let kept_per_layer = session.kept_per_layer();
+        let seen = session.tokens_seen();
+        let stats = GenerationStats {
+            prompt_tokens,
+            generated_tokens: 0,
+            tokens_seen: seen,
+            invocations: session.invocations().to_vec(),
+            mean_kept_fraction: mean_fraction(&kept_per_layer, seen),
+            kept_per_layer,
+            peak_kv_bytes: session.peak_kv_bytes(),
+            prefill_tokens: rest.len(),
+            prefill_secs,
+            decode_steps: answer.len() - 1,
+            decode_secs: decode.elapsed().as_secs_f64(),
+            policy_secs: session.policy_secs() - policy_secs0,
+        };
+        Ok(AnswerScore {
+            logprob,
+            tokens: answer.len(),
+            stats,
+        })
     }
 
     /// Greedy generations of every row as one batch: each step feeds every unfinished row's
@@ -221,11 +294,7 @@ fn run(
     for (i, session) in sessions.iter().enumerate() {
         let kept_per_layer = session.kept_per_layer();
         let seen = session.tokens_seen();
-        let mean_kept_fraction = kept_per_layer
-            .iter()
-            .map(|&k| k as f64 / seen as f64)
-            .sum::<f64>()
-            / kept_per_layer.len() as f64;
+        let mean_kept_fraction = mean_fraction(&kept_per_layer, seen);
         let stats = GenerationStats {
             prompt_tokens: prompt_tokens[i],
             generated_tokens: tokens[i].len(),
@@ -269,6 +338,25 @@ fn feed_some(
         .map(|(_, p)| Some(&mut **p as &mut dyn MemoryPolicy))
         .collect();
     session::feed_rows(&mut rows, ids, &mut pols)
+}
+
+/// Mean over layers of the kept tokens over the tokens seen.
+fn mean_fraction(kept_per_layer: &[usize], seen: usize) -> f64 {
+    kept_per_layer
+        .iter()
+        .map(|&k| k as f64 / seen as f64)
+        .sum::<f64>()
+        / kept_per_layer.len() as f64
+}
+
+/// log softmax(logits)[token], computed in f64 around the largest logit; NaN for a token
+/// outside the vocabulary.
+pub fn log_softmax_at(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    logits
+        .get(token as usize)
+        .map_or(f64::NAN, |&v| v as f64 - max - sum.ln())
 }
 
 /// Index of the largest logit; the first one on ties.

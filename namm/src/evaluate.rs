@@ -20,7 +20,7 @@ pub use error::{EvalError, Result};
 pub use results::{PolicyEvaluation, PrefixReuse, SampleResult, TaskEvaluation};
 
 use crate::engine::{
-    BatchRow, Engine, Generation, Session, StopReason, CHUNK, POLICY_PERIOD,
+    AnswerScore, BatchRow, Engine, Generation, Session, StopReason, CHUNK, POLICY_PERIOD,
 };
 use crate::model::{Model, ModelSource, WeightFormat};
 use crate::policy::{MemoryPolicy, PolicyInputs};
@@ -293,6 +293,61 @@ impl Evaluator {
             prefix,
             prefix_secs,
         })
+    }
+
+    /// Token ids of the first gold answer as the model would write it right after the
+    /// prompt: a space in front when the prompt ends in a word ("The pass key is" → " 71432").
+    pub fn answer_ids(&self, prepared: &Prepared<'_>) -> Result<Vec<u32>> {
+        let sample = &prepared.sample;
+        let answer = sample.answers.first().filter(|a| !a.trim().is_empty()).ok_or_else(|| {
+            EvalError::NoAnswer {
+                sample: sample.id.clone(),
+            }
+        })?;
+        let ends_in_word = prepared
+            .prompt
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_alphanumeric() || c == ':' || c == '.' || c == ',');
+        let text = if ends_in_word {
+            format!(" {}", answer.trim())
+        } else {
+            answer.trim().to_string()
+        };
+        self.tokenizer
+            .encode(&text, false)
+            .map_err(|source| EvalError::Encode {
+                sample: sample.id.clone(),
+                source,
+            })
+    }
+
+    /// How likely the model finds the first gold answer after a prepared sample's prompt under
+    /// `policy` (teacher-forced, nothing decoded; see [`Engine::score_answer`]).
+    pub fn score_answer(
+        &self,
+        prepared: &Prepared<'_>,
+        policy: &mut dyn MemoryPolicy,
+    ) -> Result<AnswerScore> {
+        let answer = self.answer_ids(prepared)?;
+        if answer.is_empty() {
+            return Err(EvalError::NoAnswer {
+                sample: prepared.sample.id.clone(),
+            });
+        }
+        let name = policy.name();
+        Engine::new(&self.model)
+            .score_answer(
+                prepared.prefix.as_ref(),
+                &prepared.ids[prepared.prefix_len..],
+                &answer,
+                policy,
+            )
+            .map_err(|source| EvalError::ScoreAnswer {
+                sample: prepared.sample.id.clone(),
+                policy: name,
+                source: Box::new(source),
+            })
     }
 
     /// Generates the answer to a prepared sample under `policy` and scores it. Also returns

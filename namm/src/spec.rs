@@ -2,7 +2,7 @@
 //! unknown field is an error that names it, so a typo never silently runs the wrong experiment.
 
 use crate::objective::Benchmark;
-use crate::policy::PARAM_COUNT;
+use crate::policy::{Budget, PARAM_COUNT};
 use crate::tasks::TaskSpec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -95,6 +95,25 @@ pub struct StrategySpec {
     /// n = 4172 takes ~19 s per generation), exact (the reference's) for benchmarks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eigen: Option<Eigen>,
+    /// The covariance model: `full` (the paper's CMA-ES, default for benchmarks) or
+    /// `diagonal` (sep-CMA-ES, O(n) state, default for NAMM runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covariance: Option<Covariance>,
+    /// An exported NAMM (`namm best --export`) the run starts from: its parameters become the
+    /// initial mean and its frozen statistics the run's, so no statistics pass runs. Read
+    /// once when the run is submitted; the stored spec then carries the mean as `x0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Covariance {
+    /// A full n×n covariance, as the reference does (NAMM.md §9).
+    Full,
+    /// sep-CMA-ES (Ros & Hansen 2008): a diagonal covariance whose learning rates are scaled
+    /// by (n + 2)/3, O(n) state and sampling.
+    Diagonal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +167,43 @@ pub struct NammSpec {
     pub heldout_every: u32,
     /// Prompts of one task per work unit.
     pub shard_size: usize,
+    /// The memory budget candidates and the held-out mean run under: a fraction of the tokens
+    /// seen (`0.25`) or a token count (`512`); absent: the paper's threshold alone decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetValue>,
+    /// What a candidate's fitness measures (see [`FitnessKind`]).
+    pub fitness: FitnessKind,
+}
+
+/// A budget as TOML writes it: a float is a fraction of the tokens seen, an integer a count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BudgetValue {
+    Tokens(u64),
+    Fraction(f64),
+}
+
+impl BudgetValue {
+    /// The policy budget; `None` for a value no budget can take (checked by validation).
+    pub fn budget(&self) -> Option<Budget> {
+        match *self {
+            BudgetValue::Tokens(t) if t >= 1 => usize::try_from(t).ok().map(Budget::Tokens),
+            BudgetValue::Fraction(f) if f > 0.0 && f <= 1.0 => Some(Budget::Fraction(f)),
+            _ => None,
+        }
+    }
+}
+
+/// A candidate's fitness (see `namm::training::fitness`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FitnessKind {
+    /// The paper's: per task, the decoded answers' metric over the full cache's.
+    #[default]
+    Metric,
+    /// Per task, exp of the mean over prompts of the gold answer's log-likelihood per token
+    /// (teacher-forced after the prompt) minus the full cache's on the same prompt.
+    Likelihood,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +238,8 @@ impl Default for NammSpec {
             heldout_size: 16,
             heldout_every: 5,
             shard_size: 4,
+            budget: None,
+            fitness: FitnessKind::Metric,
         }
     }
 }
@@ -227,6 +285,8 @@ impl Default for StrategySpec {
             sigma0: None,
             x0: X0::Scalar(0.0),
             eigen: None,
+            covariance: None,
+            init_from: None,
         }
     }
 }
@@ -239,6 +299,9 @@ impl Default for StopSpec {
         }
     }
 }
+
+/// The default NAMM run.
+const DEFAULT_RECIPE: &str = include_str!("../../examples/runs/namm-budget.toml");
 
 /// CMA-ES's default population size for dimension `dim`: 4 + ⌊3 ln n⌋.
 pub fn default_population(dim: usize) -> usize {
@@ -309,6 +372,11 @@ impl RunSpec {
         self.strategy
             .eigen
             .get_or_insert(if namm { Eigen::Lazy } else { Eigen::Exact });
+        self.strategy.covariance.get_or_insert(if namm {
+            Covariance::Diagonal
+        } else {
+            Covariance::Full
+        });
         if self.name.trim().is_empty() {
             self.name = match self.objective.kind {
                 ObjectiveKind::Namm => "namm".into(),
@@ -318,9 +386,11 @@ impl RunSpec {
         Ok(())
     }
 
-    /// The run `namm-coord start` submits without `--run`: the default NAMM run.
+    /// The run `namm-coord start` submits without `--run`: the recipe the shipped NAMM was
+    /// trained with (`examples/runs/namm-budget.toml`). An empty spec is instead the paper's
+    /// procedure (threshold selection, metric fitness, population 32).
     pub fn default_namm() -> RunSpec {
-        RunSpec::from_toml("").expect("the default spec is valid")
+        RunSpec::from_toml(DEFAULT_RECIPE).expect("the default recipe is valid")
     }
 
     /// The spec with every default written out, as stored with the run.
@@ -344,6 +414,10 @@ impl RunSpec {
 
     pub fn eigen(&self) -> Eigen {
         self.strategy.eigen.unwrap_or(Eigen::Exact)
+    }
+
+    pub fn covariance(&self) -> Covariance {
+        self.strategy.covariance.unwrap_or(Covariance::Full)
     }
 
     /// The initial mean, expanded to `dim` coordinates.
@@ -519,6 +593,17 @@ impl NammSpec {
                 ),
             ));
         }
+        if let Some(b) = self.budget.filter(|b| b.budget().is_none()) {
+            let value = match b {
+                BudgetValue::Tokens(t) => t.to_string(),
+                BudgetValue::Fraction(f) => f.to_string(),
+            };
+            return Err(invalid(
+                "namm.budget",
+                value,
+                "must be a fraction in (0, 1] (e.g. 0.25) or a token count ≥ 1 (e.g. 512)".into(),
+            ));
+        }
         if self.heldout_every > 0 && self.heldout_size == 0 {
             return Err(invalid(
                 "namm.heldout_every",
@@ -583,6 +668,11 @@ impl NammSpec {
         }
     }
 
+    /// The candidates' memory budget, if any.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget.and_then(|b| b.budget())
+    }
+
     /// Whether generation `g` starts a stage (its tasks may need reference scores first).
     pub fn starts_stage(&self, g: u32) -> bool {
         g == 0 || self.stages.iter().any(|s| s.from_generation == g)
@@ -623,8 +713,36 @@ target_fitness = -1e-8
     }
 
     #[test]
-    fn empty_spec_is_the_default_namm_run() {
+    fn the_default_run_is_the_budgeted_recipe() {
+        let spec = RunSpec::default_namm();
+        let namm = spec.namm.as_ref().unwrap();
+        assert_eq!(namm.budget(), Some(Budget::Fraction(0.25)));
+        assert_eq!(namm.fitness, FitnessKind::Likelihood);
+        assert_eq!(spec.covariance(), Covariance::Diagonal);
+        assert!(spec.strategy.init_from.is_some());
+        assert_eq!(spec.stop.target_fitness, f64::INFINITY);
+        assert_eq!(RunSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn budgets_and_fitness_kinds_parse_and_bad_budgets_are_named() {
+        let namm = |t: &str| RunSpec::from_toml(&format!("[namm]\n{t}")).map(|s| s.namm.unwrap());
+        assert_eq!(namm("budget = 512").unwrap().budget(), Some(Budget::Tokens(512)));
+        assert_eq!(namm("budget = 0.5").unwrap().budget(), Some(Budget::Fraction(0.5)));
+        assert_eq!(namm("").unwrap().budget(), None);
+        assert_eq!(namm("fitness = \"likelihood\"").unwrap().fitness, FitnessKind::Likelihood);
+        for bad in ["budget = 0", "budget = 1.5", "budget = -0.1"] {
+            let e = namm(bad).unwrap_err().to_string();
+            assert!(e.contains("namm.budget"), "{bad}: {e}");
+        }
+        assert!(namm("fitness = \"loss\"").is_err());
+    }
+
+    #[test]
+    fn empty_spec_is_the_papers_namm_run() {
         let spec = RunSpec::from_toml("").unwrap();
+        assert_eq!(spec.namm.as_ref().unwrap().budget(), None);
+        assert_eq!(spec.namm.as_ref().unwrap().fitness, FitnessKind::Metric);
         assert_eq!(spec.name, "namm");
         assert_eq!(spec.objective.kind, ObjectiveKind::Namm);
         assert_eq!(spec.dim(), PARAM_COUNT);

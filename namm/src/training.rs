@@ -4,11 +4,15 @@
 
 use rand::Rng;
 
-use crate::spec::NammSpec;
+use crate::spec::{FitnessKind, NammSpec};
 
-/// The key of `ItemResult.extra` a worker reports a prompt's kept cache fraction under, and
-/// the coordinator reads it from.
+/// The key of `ItemResult.extra` a worker reports a prompt's kept cache fraction under (at the
+/// end of the pass), and the coordinator reads it from.
 pub const KEPT_FRACTION: &str = "kept_fraction";
+/// The largest kept fraction right after any policy invocation: what a budget caps.
+pub const KEPT_AT_INVOCATIONS: &str = "kept_at_invocations";
+/// The gold answer's mean log-probability per token, teacher-forced after the prompt.
+pub const ANSWER_LOGPROB: &str = "answer_logprob";
 
 /// The name of prompt `index` of `task` (a canonical task spec): `"<task>#<index>"`.
 pub fn item_id(task: &str, index: u64) -> String {
@@ -66,13 +70,33 @@ pub fn shards(tasks: &[String], indices: &[Vec<u64>], shard_size: usize) -> Vec<
         .collect()
 }
 
+/// A benchmark shard's fitness: the mean score of its items (NaN for an empty shard: nothing
+/// was measured).
+pub fn shard_fitness(scores: &[f64]) -> f64 {
+    if scores.is_empty() {
+        return f64::NAN;
+    }
+    scores.iter().sum::<f64>() / scores.len() as f64
+}
+
 /// One prompt's outcome under one parameter vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemScore<'a> {
     pub item_id: &'a str,
-    /// The task metric, in [0, 1]; NaN when the evaluation failed.
+    /// The task metric in [0, 1] (for a likelihood unit, exp of `logprob`); NaN when the
+    /// evaluation failed.
     pub score: f64,
+    /// The gold answer's mean log-probability per token; NaN when not measured.
+    pub logprob: f64,
     pub kept_fraction: f64,
+}
+
+/// The full cache's outcome on one prompt, from the reference pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reference {
+    pub score: f64,
+    /// NaN when the run does not measure likelihoods.
+    pub logprob: f64,
 }
 
 /// One task's aggregate for one parameter vector.
@@ -98,25 +122,33 @@ pub struct Fitness {
     pub tasks: Vec<TaskResult>,
 }
 
-/// The fitness of one parameter vector from its per-prompt scores (spec §10 step 4):
-/// for each task, its mean score over the full cache's mean score on the same prompts, then
-/// the mean over tasks.
+/// The fitness of one parameter vector from its per-prompt results, by `kind`:
 ///
-/// Where the full cache scores (almost) nothing on the sampled prompts the paper divides by
-/// 1e-7, which turns one lucky answer into a fitness of 10⁶ and lets that generation's noise
-/// steer the whole update. Here the reference is floored at one prompt's worth of score,
-/// 1/n for n prompts: "as if the full cache had answered one of them". Above the floor this is
-/// exactly the paper's ratio; below it a candidate still gains for every extra answer, and a
-/// fitness above 1 still means "better than the full cache".
+/// * [`FitnessKind::Metric`] (spec §10 step 4): for each task, its mean score over the full
+///   cache's mean score on the same prompts, then the mean over tasks. Where the full cache
+///   scores (almost) nothing on the sampled prompts the paper divides by 1e-7, which turns one
+///   lucky answer into a fitness of 10⁶ and lets that generation's noise steer the whole
+///   update. Here the reference is floored at one prompt's worth of score, 1/n for n prompts:
+///   "as if the full cache had answered one of them". Above the floor this is exactly the
+///   paper's ratio; a fitness above 1 still means "better than the full cache".
+/// * [`FitnessKind::Likelihood`]: for each task, exp of the mean over its prompts of
+///   (ℓ − ℓ_full), where ℓ is the mean log-probability per token of the gold answer
+///   teacher-forced after the prompt under the evicted cache and ℓ_full the full cache's on
+///   the same prompt; then the mean over tasks. It is the factor by which eviction changes the
+///   gold answer's per-token probability (geometric mean over prompts): 1.0 = as the full
+///   cache, continuous in the candidate, so a handful of prompts already ranks candidates
+///   that a 0/1 metric would tie.
 ///
-/// Tasks appear in the order of `tasks`; a prompt whose reference score is missing or whose
-/// score is NaN makes the fitness NaN (ranked last), never a silent zero.
+/// Tasks appear in the order of `tasks`; a prompt whose reference is missing or whose measure
+/// is NaN makes the fitness NaN (ranked last), never a silent zero.
 pub fn fitness(
+    kind: FitnessKind,
     tasks: &[String],
     items: &[ItemScore<'_>],
-    reference: impl Fn(&str) -> Option<f64>,
+    reference: impl Fn(&str) -> Option<Reference>,
 ) -> Fitness {
-    let mut per_task: Vec<(f64, f64, f64, usize)> = vec![(0.0, 0.0, 0.0, 0); tasks.len()];
+    // Per task: Σ score, Σ reference score, Σ (ℓ − ℓ_full), Σ kept, prompts.
+    let mut per_task: Vec<[f64; 5]> = vec![[0.0; 5]; tasks.len()];
     let mut broken = false;
     for item in items {
         let task = parse_item_id(item.item_id).ok().map(|(t, _)| t);
@@ -129,21 +161,22 @@ pub fn fitness(
             continue;
         };
         let acc = &mut per_task[t];
-        acc.0 += item.score;
-        acc.1 += r;
-        acc.2 += item.kept_fraction;
-        acc.3 += 1;
+        acc[0] += item.score;
+        acc[1] += r.score;
+        acc[2] += item.logprob - r.logprob;
+        acc[3] += item.kept_fraction;
+        acc[4] += 1.0;
     }
     let results: Vec<TaskResult> = tasks
         .iter()
         .zip(per_task)
-        .map(|(task, (score, reference, kept, n))| {
-            let n_f = n.max(1) as f64;
+        .map(|(task, [score, reference, gain, kept, n])| {
+            let n_f = n.max(1.0);
             let (score, reference) = (score / n_f, reference / n_f);
-            let normalised = if n == 0 {
-                f64::NAN
-            } else {
-                score / reference.max(1.0 / n_f)
+            let normalised = match kind {
+                _ if n == 0.0 => f64::NAN,
+                FitnessKind::Metric => score / reference.max(1.0 / n_f),
+                FitnessKind::Likelihood => (gain / n_f).exp(),
             };
             TaskResult {
                 task: task.clone(),
@@ -151,7 +184,7 @@ pub fn fitness(
                 reference: 100.0 * reference,
                 normalised,
                 kept_fraction: kept / n_f,
-                prompts: n,
+                prompts: n as usize,
             }
         })
         .collect();
@@ -228,9 +261,14 @@ mod tests {
         );
     }
 
-    fn reference(pairs: &[(&str, f64)]) -> impl Fn(&str) -> Option<f64> {
+    fn reference(pairs: &[(&str, f64)]) -> impl Fn(&str) -> Option<Reference> {
         let map: BTreeMap<String, f64> = pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        move |id| map.get(id).copied()
+        move |id| {
+            map.get(id).map(|&score| Reference {
+                score,
+                logprob: score.ln(),
+            })
+        }
     }
 
     fn items<'a>(pairs: &[(&'a str, f64)]) -> Vec<ItemScore<'a>> {
@@ -239,9 +277,33 @@ mod tests {
             .map(|&(item_id, score)| ItemScore {
                 item_id,
                 score,
+                logprob: score.ln(),
                 kept_fraction: 0.5,
             })
             .collect()
+    }
+
+    #[test]
+    fn likelihood_fitness_is_the_geometric_mean_gain_over_the_full_cache() {
+        let tasks = vec!["a".to_string(), "b".to_string()];
+        // The items' logprobs are ln(score), the references' ln(reference).
+        let refs = reference(&[("a#0", 0.5), ("a#1", 0.25), ("b#0", 0.8)]);
+        let f = fitness(
+            FitnessKind::Likelihood,
+            &tasks,
+            &items(&[("a#0", 1.0), ("a#1", 0.0625), ("b#0", 0.8)]),
+            &refs,
+        );
+        // Task a: exp(mean(ln 2, ln 0.25)) = sqrt(0.5); task b: exactly the full cache.
+        assert!((f.tasks[0].normalised - 0.5f64.sqrt()).abs() < 1e-12);
+        assert!((f.tasks[1].normalised - 1.0).abs() < 1e-12);
+        assert!((f.fitness - (0.5f64.sqrt() + 1.0) / 2.0).abs() < 1e-12);
+        // An unmeasured likelihood (NaN) is a failure, not a zero.
+        let mut broken = items(&[("a#0", 1.0), ("a#1", 0.5), ("b#0", 0.8)]);
+        broken[1].logprob = f64::NAN;
+        assert!(fitness(FitnessKind::Likelihood, &tasks, &broken, &refs)
+            .fitness
+            .is_nan());
     }
 
     #[test]
@@ -250,6 +312,7 @@ mod tests {
         let refs = reference(&[("a#0", 1.0), ("a#1", 0.0), ("b#0", 1.0), ("b#1", 1.0)]);
         // Task a: 1.0 / 0.5 = 2; task b: 0.5 / 1.0 = 0.5; mean 1.25.
         let f = fitness(
+            FitnessKind::Metric,
             &tasks,
             &items(&[("a#0", 1.0), ("a#1", 1.0), ("b#0", 1.0), ("b#1", 0.0)]),
             &refs,
@@ -261,6 +324,7 @@ mod tests {
         assert_eq!(f.kept_fraction, 0.5);
         // The full cache itself scores exactly 1.
         let f = fitness(
+            FitnessKind::Metric,
             &tasks,
             &items(&[("a#0", 1.0), ("a#1", 0.0), ("b#0", 1.0), ("b#1", 1.0)]),
             &refs,
@@ -273,6 +337,7 @@ mod tests {
         let tasks = vec!["a".to_string()];
         let refs = reference(&[("a#0", 0.0), ("a#1", 0.0), ("a#2", 0.0), ("a#3", 0.0)]);
         let f = fitness(
+            FitnessKind::Metric,
             &tasks,
             &items(&[("a#0", 1.0), ("a#1", 0.0), ("a#2", 0.0), ("a#3", 0.0)]),
             &refs,
@@ -280,12 +345,13 @@ mod tests {
         // Score 0.25 over a floor of 1/4: one answer = as good as "one answer by the full cache".
         assert_eq!(f.fitness, 1.0);
         let f = fitness(
+            FitnessKind::Metric,
             &tasks,
             &items(&[("a#0", 1.0), ("a#1", 1.0), ("a#2", 0.0), ("a#3", 0.0)]),
             &refs,
         );
         assert_eq!(f.fitness, 2.0);
-        let none = fitness(&tasks, &items(&[("a#0", 0.0), ("a#1", 0.0)]), &refs);
+        let none = fitness(FitnessKind::Metric, &tasks, &items(&[("a#0", 0.0), ("a#1", 0.0)]), &refs);
         assert_eq!(none.fitness, 0.0);
     }
 
@@ -293,15 +359,15 @@ mod tests {
     fn missing_references_unknown_tasks_and_failures_give_nan() {
         let tasks = vec!["a".to_string()];
         let refs = reference(&[("a#0", 1.0)]);
-        assert!(fitness(&tasks, &items(&[("a#1", 1.0)]), &refs)
+        assert!(fitness(FitnessKind::Metric, &tasks, &items(&[("a#1", 1.0)]), &refs)
             .fitness
             .is_nan());
-        assert!(fitness(&tasks, &items(&[("z#0", 1.0)]), &refs)
+        assert!(fitness(FitnessKind::Metric, &tasks, &items(&[("z#0", 1.0)]), &refs)
             .fitness
             .is_nan());
-        assert!(fitness(&tasks, &items(&[("a#0", f64::NAN)]), &refs)
+        assert!(fitness(FitnessKind::Metric, &tasks, &items(&[("a#0", f64::NAN)]), &refs)
             .fitness
             .is_nan());
-        assert!(fitness(&tasks, &[], &refs).fitness.is_nan());
+        assert!(fitness(FitnessKind::Metric, &tasks, &[], &refs).fitness.is_nan());
     }
 }

@@ -146,9 +146,9 @@ fn a_bare_start_submits_the_default_run_once() {
     let runs = c.json(&["runs"]);
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert_eq!(runs[0]["name"], "namm");
+    assert_eq!(runs[0]["name"], "namm-budget-0.25");
     assert_eq!(runs[0]["status"], "running");
-    assert_eq!(runs[0]["population"], 32);
+    assert_eq!(runs[0]["population"], 8);
     assert_eq!(runs[0]["dim"], 4172);
     coord.terminate();
     assert!(coord
@@ -251,4 +251,87 @@ heldout_every = 1
         let kept = finite(&a["mean_kept_fraction"]);
         assert!(kept < 1.0, "the candidates evicted nothing: {a}");
     }
+}
+
+/// A run under a budget with the likelihood fitness: no candidate or held-out prompt keeps
+/// more than the budget after any invocation, candidates score the gold answer instead of
+/// decoding, and the export carries the budget into `namm eval`.
+#[test]
+fn a_budgeted_run_never_keeps_more_than_its_budget() {
+    let model = model_path();
+    let model = model.to_str().unwrap();
+    let c = Cluster::new();
+    let spec = c.file(
+        "budget.toml",
+        r#"
+name = "budget-e2e"
+seed = 5
+[strategy]
+population = 3
+[stop]
+max_generations = 2
+target_fitness = inf
+[namm]
+tasks = ["passkey:len=700"]
+pool_size = 2
+heldout_size = 1
+prompts_per_task = 2
+shard_size = 2
+heldout_every = 1
+budget = 0.25
+fitness = "likelihood"
+"#,
+    );
+    let mut coord = c.coordinator(
+        "coord",
+        &["--run", spec.to_str().unwrap(), "--local-workers", "0", "--exit-when-done"],
+    );
+    let _llm = c.worker("llm", &["--model", model]);
+    let status = coord
+        .wait_exit(Duration::from_secs(900))
+        .expect("the budgeted run did not finish");
+    assert!(status.success(), "{}", coord.log());
+
+    let mut checked = 0;
+    for g in 0..2 {
+        let shown = c.json_db(&["show", "1", &g.to_string()]);
+        for e in shown["evaluations"].as_array().unwrap() {
+            for item in e["items"].as_array().unwrap() {
+                let extra = &item["extra"];
+                match e["kind"].as_str().unwrap() {
+                    "reference" => continue,
+                    "candidate" => {
+                        let logprob = finite(&extra["answer_logprob"]);
+                        assert!(logprob <= 0.0, "{item}");
+                        assert!(extra["generated_tokens"].is_null(), "candidates decode nothing: {item}");
+                    }
+                    _ => assert!(extra["answer_logprob"].is_null(), "the held-out mean decodes: {item}"),
+                }
+                let kept = finite(&extra["kept_at_invocations"]);
+                assert!(kept > 0.0 && kept <= 0.25, "kept {kept} > budget: {item}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 3 * 2 + 1, "every candidate prompt and the held-out prompt");
+
+    let exported = c.dir.path().join("budget.safetensors");
+    let out = c.cli_db(&["best", "1", "--export", exported.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = format!("namm:{}", exported.display());
+    let out = namm_tests::run_cli(
+        &[
+            "eval", "--model", model, "--task", "passkey:len=1100", "--seed", "9",
+            "--samples", "1", "--policy", &policy, "--json",
+        ]
+        .map(String::from),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = &report["results"][0];
+    assert_eq!(result["policy"], format!("{policy},budget=0.25"));
+    let sample = &result["results"][0];
+    let after = sample["kept_after_invocations"].as_array().unwrap();
+    assert_eq!(after.len(), 2, "invocations at 512 and 1024: {sample}");
+    assert!(after.iter().all(|k| finite(k) <= 0.25), "{sample}");
 }

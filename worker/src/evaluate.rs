@@ -110,12 +110,12 @@ pub fn evaluate(unit: &WorkUnit) -> Vec<ItemResult> {
         .collect()
 }
 
-/// A shard's fitness: the mean score of its items (NaN for an empty shard: nothing was measured).
+/// A shard's fitness as the worker reports it: the mean score of its items
+/// (`namm::training::shard_fitness`). Benchmark runs rank candidates by it; NAMM runs compute
+/// each candidate's fitness from the items with `namm::training::fitness`.
 pub fn shard_fitness(items: &[ItemResult]) -> f64 {
-    if items.is_empty() {
-        return f64::NAN;
-    }
-    items.iter().map(|i| i.score).sum::<f64>() / items.len() as f64
+    let scores: Vec<f64> = items.iter().map(|i| i.score).collect();
+    namm::training::shard_fitness(&scores)
 }
 
 #[cfg(test)]

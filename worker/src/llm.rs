@@ -10,12 +10,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use namm::evaluate::{Evaluator, Prepared};
+use namm::engine::{AnswerScore, InvocationStats};
+use namm::evaluate::{Evaluator, Prepared, SampleResult};
 use namm::model::{ModelSource, WeightFormat};
-use namm::policy::{FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT};
+use namm::policy::{
+    parse_budget, FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT,
+};
 use namm::stats::NormStats;
 use namm::tasks::{Task, TaskSpec};
-use namm::training::{parse_item_id, KEPT_FRACTION};
+use namm::training::{parse_item_id, ANSWER_LOGPROB, KEPT_AT_INVOCATIONS, KEPT_FRACTION};
 use namm_proto::{ItemResult, NammObjective, UnitKind, WorkUnit};
 
 use crate::evaluate::UnitOutcome;
@@ -33,11 +36,13 @@ pub struct Llm {
 /// A prompt of a unit: (task seed, item id).
 type PromptKey<'a> = (u64, &'a str);
 
-/// What a unit runs: its policy, and whether it accumulates normalisation statistics (the
-/// first reference pass).
+/// What a unit runs: its policy, whether it accumulates normalisation statistics (the first
+/// reference pass), and what it measures on each prompt.
 struct Plan {
     policy: PlanPolicy,
     accumulates: bool,
+    decode: bool,
+    answer_likelihood: bool,
 }
 
 enum PlanPolicy {
@@ -178,18 +183,23 @@ impl Llm {
                 obj.model_sha256, self.sha256, self.source
             ));
         }
+        if !obj.decode && !obj.answer_likelihood {
+            return Err("the unit measures nothing (objective.decode and \
+                        objective.answer_likelihood are both false)"
+                .into());
+        }
         let kind = unit.key.map(|k| k.kind()).unwrap_or_default();
-        // Reference units run θ = 0, which keeps every token: the full cache. The first pass
-        // has no statistics yet and runs the NAMM to accumulate them; later passes (new tasks
-        // of a stage) skip its work.
-        let policy = match (&obj.norm_stats, kind) {
-            (None, UnitKind::Reference) => PlanPolicy::Namm(Box::new(
+        // Reference units run the full cache; the first pass runs it as the NAMM with θ = 0
+        // (which keeps every token) to accumulate the statistics.
+        let policy = match (kind, obj.accumulate_stats, &obj.norm_stats) {
+            (UnitKind::Reference, true, _) => PlanPolicy::Namm(Box::new(
                 NammPolicy::new(vec![0.0; PARAM_COUNT], NormMode::accumulate())
                     .map_err(|e| e.to_string())?,
             )),
-            (Some(_), UnitKind::Reference) => PlanPolicy::Full(FullCache),
-            (None, _) => return Err("a candidate unit came without frozen statistics".into()),
-            (Some(s), _) => {
+            (UnitKind::Reference, false, _) => PlanPolicy::Full(FullCache),
+            (_, true, _) => return Err("only reference units accumulate statistics".into()),
+            (_, false, None) => return Err("a candidate unit came without frozen statistics".into()),
+            (_, false, Some(s)) => {
                 if unit.params.len() != PARAM_COUNT {
                     return Err(format!(
                         "params has {} values; a NAMM has {PARAM_COUNT}",
@@ -198,14 +208,22 @@ impl Llm {
                 }
                 let stats = NormStats::new(s.mean.clone(), s.var.clone(), s.count)
                     .map_err(|e| format!("objective.norm_stats: {e}"))?;
+                let budget = match obj.budget.trim() {
+                    "" => None,
+                    b => Some(parse_budget("namm", b).map_err(|e| format!("objective.budget: {e}"))?),
+                };
                 let params = unit.params.iter().map(|&v| v as f32).collect();
                 PlanPolicy::Namm(Box::new(
-                    NammPolicy::new(params, NormMode::Frozen(stats)).map_err(|e| e.to_string())?,
+                    NammPolicy::new(params, NormMode::Frozen(stats))
+                        .map_err(|e| e.to_string())?
+                        .with_budget(budget),
                 ))
             }
         };
         Ok(Plan {
-            accumulates: obj.norm_stats.is_none() && kind == UnitKind::Reference,
+            accumulates: obj.accumulate_stats && kind == UnitKind::Reference,
+            decode: obj.decode,
+            answer_likelihood: obj.answer_likelihood,
             policy,
         })
     }
@@ -226,50 +244,49 @@ impl Llm {
                 return rows.iter().map(|_| Err(anyhow::anyhow!("{msg}"))).collect();
             }
         };
-        let policies: Vec<(&Prepared<'_>, &mut dyn MemoryPolicy)> = plans
+        let mut selected: Vec<&mut Plan> = plans
             .iter_mut()
             .enumerate()
             .filter(|(ui, _)| rows.iter().any(|(r, _)| r == ui))
             .filter_map(|(_, p)| p.as_mut().ok())
-            .map(|p| (&*prepared, p.policy.as_dyn()))
             .collect();
-        let results = match self.evaluator.run_batch(policies) {
-            Ok((r, _)) => r,
-            Err(e) => {
-                let msg = e.to_string();
-                return rows.iter().map(|_| Err(anyhow::anyhow!("{msg}"))).collect();
+        // Rows are in unit order, like the caller's.
+        let mut decoded: Vec<Option<SampleResult>> = vec![None; selected.len()];
+        let decoding: Vec<usize> = (0..selected.len()).filter(|&k| selected[k].decode).collect();
+        if !decoding.is_empty() {
+            let batch = selected
+                .iter_mut()
+                .filter(|p| p.decode)
+                .map(|p| (&*prepared, p.policy.as_dyn()))
+                .collect();
+            match self.evaluator.run_batch(batch) {
+                Ok((results, _)) => {
+                    for (&k, r) in decoding.iter().zip(results) {
+                        decoded[k] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    return rows.iter().map(|_| Err(anyhow::anyhow!("{msg}"))).collect();
+                }
             }
-        };
-        // Rows come back in unit order; the caller's rows are in unit order too.
-        results
-            .into_iter()
+        }
+        selected
+            .iter_mut()
+            .zip(decoded)
             .enumerate()
-            .map(|(k, r)| {
-                // The model's own compute for this prompt in this unit: a prefix taken from
-                // the cache, or computed for an earlier row of the batch, is not counted again.
-                let reused = if cached || k > 0 {
-                    prepared.prefix_secs()
+            .map(|(k, (plan, decoded))| {
+                let answer = if plan.answer_likelihood {
+                    Some(self.evaluator.score_answer(&prepared, plan.policy.as_dyn())?)
                 } else {
-                    0.0
+                    None
                 };
-                let forward_secs = r.prefill_secs + r.decode_secs - r.policy_secs - reused;
-                let extra = HashMap::from([
-                    ("forward_secs".to_string(), forward_secs),
-                    ("prefix_cached".to_string(), f64::from(u8::from(cached || k > 0))),
-                    (KEPT_FRACTION.to_string(), r.kept_fraction),
-                    ("prompt_tokens".to_string(), r.prompt_tokens as f64),
-                    ("generated_tokens".to_string(), r.generated_tokens as f64),
-                    ("prefill_secs".to_string(), r.prefill_secs),
-                    ("decode_secs".to_string(), r.decode_secs),
-                    ("policy_secs".to_string(), r.policy_secs),
-                    ("batch_rows".to_string(), rows.len() as f64),
-                ]);
-                tracing::debug!(item = %item_id, score = r.score, kept = r.kept_fraction, prediction = %r.prediction, "prompt done");
-                Ok(ItemResult {
-                    item_id: item_id.to_string(),
-                    score: r.score,
-                    extra,
-                })
+                // The model's own compute for this prompt in this unit: a prefix taken from
+                // the cache, or computed for an earlier row, is not counted again.
+                let reused = cached || k > 0;
+                let result = item_result(item_id, decoded, answer, &prepared, reused, rows.len());
+                tracing::debug!(item = %item_id, score = result.score, "prompt done");
+                Ok(result)
             })
             .collect()
     }
@@ -326,4 +343,74 @@ impl Llm {
         }
         Ok((prepared, false))
     }
+}
+
+/// One prompt's report from what a unit measured: the decoded answer's metric and accounting,
+/// and/or the gold answer's likelihood (whose probability is the score when nothing was
+/// decoded).
+fn item_result(
+    item_id: &str,
+    decoded: Option<SampleResult>,
+    answer: Option<AnswerScore>,
+    prepared: &Prepared<'_>,
+    reused: bool,
+    batch_rows: usize,
+) -> ItemResult {
+    let prefix_secs = prepared.prefix_secs();
+    let mut extra = HashMap::from([
+        ("prefix_cached".to_string(), f64::from(u8::from(reused))),
+        ("batch_rows".to_string(), batch_rows as f64),
+    ]);
+    let (mut forward, mut prefill, mut decode, mut policy) = (0.0, 0.0, 0.0, 0.0);
+    let mut score = f64::NAN;
+    if let Some(a) = &answer {
+        let s = &a.stats;
+        score = a.mean_logprob().exp();
+        extra.insert(ANSWER_LOGPROB.into(), a.mean_logprob());
+        extra.insert("answer_tokens".into(), a.tokens as f64);
+        extra.insert(KEPT_FRACTION.into(), s.mean_kept_fraction);
+        extra.insert(KEPT_AT_INVOCATIONS.into(), max_invocation_kept(&s.invocations));
+        extra.insert("prompt_tokens".into(), s.prompt_tokens as f64);
+        forward += s.prefill_secs + s.decode_secs - s.policy_secs;
+        prefill += s.prefill_secs + prefix_secs;
+        decode += s.decode_secs;
+        policy += s.policy_secs;
+    }
+    if let Some(r) = &decoded {
+        score = r.score;
+        extra.insert(KEPT_FRACTION.into(), r.kept_fraction);
+        let kept_max = r.kept_after_invocations.iter().copied().fold(0.0, f64::max);
+        extra.insert(KEPT_AT_INVOCATIONS.into(), kept_max);
+        extra.insert("prompt_tokens".into(), r.prompt_tokens as f64);
+        extra.insert("generated_tokens".into(), r.generated_tokens as f64);
+        forward += r.prefill_secs + r.decode_secs - r.policy_secs - prefix_secs;
+        prefill += r.prefill_secs;
+        decode += r.decode_secs;
+        policy += r.policy_secs;
+    }
+    if !reused {
+        forward += prefix_secs;
+    }
+    extra.extend([
+        ("forward_secs".to_string(), forward),
+        ("prefill_secs".to_string(), prefill),
+        ("decode_secs".to_string(), decode),
+        ("policy_secs".to_string(), policy),
+    ]);
+    ItemResult {
+        item_id: item_id.to_string(),
+        score,
+        extra,
+    }
+}
+
+/// The largest kept fraction right after any invocation (0 without one).
+fn max_invocation_kept(invocations: &[InvocationStats]) -> f64 {
+    invocations
+        .iter()
+        .map(|inv| {
+            let kept: usize = inv.kept_per_layer.iter().sum();
+            kept as f64 / (inv.kept_per_layer.len() * inv.tokens_seen) as f64
+        })
+        .fold(0.0, f64::max)
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Covariance;
+
 /// Every constant the strategy derives from (λ, n). The reference computes them in float32;
 /// here they are float64, which the golden trace accepts with rtol 1e-5.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,6 +19,8 @@ pub struct StrategyParams {
     pub weights_truncated: Vec<f64>,
     pub mu_eff: f64,
     pub mu_eff_minus: f64,
+    /// The learning rates of the rank-one and rank-μ updates of C; with a diagonal C they
+    /// are the separable rates of [`separable_rates`], and α⁻ (hence `weights`) follows them.
     pub c_1: f64,
     pub c_mu: f64,
     pub c_sigma: f64,
@@ -25,13 +29,19 @@ pub struct StrategyParams {
     pub c_m: f64,
     /// χ_n, the expected norm of an n-dimensional standard normal vector.
     pub chi_n: f64,
-    /// Generations a lazy decomposition may be reused (see [`StrategyParams::new`]).
+    /// Generations a lazy decomposition may be reused (see
+    /// [`StrategyParams::with_covariance`]); a diagonal C is never decomposed.
     pub lazy_gap: f64,
 }
 
 impl StrategyParams {
-    /// Requires `dim >= 1` and `population >= 2` (checked by the caller).
+    /// The reference's constants, those of a full C.
     pub fn new(population: usize, dim: usize) -> Self {
+        Self::with_covariance(population, dim, Covariance::Full)
+    }
+
+    /// Requires `dim >= 1` and `population >= 2` (checked by the caller).
+    pub fn with_covariance(population: usize, dim: usize, covariance: Covariance) -> Self {
         let lam = population;
         let n = dim as f64;
         let elite = (lam / 2).max(1);
@@ -47,6 +57,13 @@ impl StrategyParams {
         let c_1 = 2.0 / ((n_c + 1.3).powi(2) + mu_eff);
         let c_mu = (1.0 - c_1 - 1e-8)
             .min(2.0 * (mu_eff - 2.0 + 1.0 / mu_eff) / ((n_c + 2.0).powi(2) + mu_eff));
+        let (c_1, c_mu) = match covariance {
+            Covariance::Full => (c_1, c_mu),
+            Covariance::Diagonal => separable_rates(c_1, c_mu, n),
+        };
+        // The last bound keeps C positive definite under the active update; with a diagonal C
+        // it keeps every variance positive for the same reason (a rescaled y_(i) has
+        // y_j²/C_jj ≤ ‖C^{-1/2}y_(i)‖² = n in every coordinate j).
         let alpha_minus = (1.0 + c_1 / c_mu)
             .min(1.0 + 2.0 * mu_eff_minus / (mu_eff + 2.0))
             .min((1.0 - c_1 - c_mu) / (n * c_mu));
@@ -105,6 +122,17 @@ impl StrategyParams {
     pub fn weights_sum(&self) -> f64 {
         self.weights.iter().sum()
     }
+}
+
+/// sep-CMA-ES's rates (Ros & Hansen 2008): a diagonal C has n free entries instead of
+/// n(n+1)/2, so it can learn (n + 2)/3 times faster; c_μ ≤ 1 − c₁ keeps the decay factor of
+/// C non-negative. pycma's `CMA_diagonal=True` uses its own formulas for the
+/// same purpose (`c1_sep = 1/(n + 2√n + μ_eff/n)`, a multiplicative update); these are the
+/// paper's.
+fn separable_rates(c_1: f64, c_mu: f64, n: f64) -> (f64, f64) {
+    let factor = (n + 2.0) / 3.0;
+    let c_1 = c_1 * factor;
+    (c_1, (1.0 - c_1).min(c_mu * factor))
 }
 
 fn squared_sum_ratio(w: &[f64]) -> f64 {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::CmaesError;
+use super::Covariance;
 
 /// Everything needed to continue a run bit for bit: [`super::Cmaes::from_state`] followed by
 /// `ask` with the same RNG draws reproduces the population the uninterrupted object would
@@ -14,7 +15,8 @@ pub struct CmaesState {
     pub generation: u64,
     pub mean: Vec<f64>,
     pub sigma: f64,
-    /// Covariance C, n×n row-major.
+    /// Covariance C: n×n row-major, or its n diagonal entries for a diagonal C (which keeps a
+    /// NAMM-size state at ~170 KB instead of the full C's 139 MB).
     pub c: Vec<f64>,
     pub p_sigma: Vec<f64>,
     pub p_c: Vec<f64>,
@@ -23,22 +25,28 @@ pub struct CmaesState {
     /// −float32max).
     pub best_fitness: f64,
     /// Adds 1e-6 to every entry of C before the generation-0 decomposition (NAMM.md §9.3);
-    /// true for fresh runs.
+    /// true for fresh runs. Kept but without effect for a diagonal C.
     pub shift_first_gen: bool,
     /// Lazy mode only: the generation whose C the reused decomposition came from, and that
     /// decomposition (`b` n×n row-major with eigenvectors as columns, `d` ascending axis
-    /// lengths). `None` and empty vectors in exact mode or before the first `ask`.
+    /// lengths). `None` and empty vectors in exact mode, for a diagonal C or before the first
+    /// `ask`.
     pub decomposed_at: Option<u64>,
     pub b: Vec<f64>,
     pub d: Vec<f64>,
 }
 
 impl CmaesState {
-    /// Checks shapes and finiteness against `dim` so a truncated or corrupted record is
-    /// rejected with the field that is wrong instead of panicking later.
-    pub(super) fn validate(&self, dim: usize) -> Result<(), CmaesError> {
+    /// Checks shapes and finiteness against `dim` and the covariance model so a truncated or
+    /// corrupted record, or one of the other model, is rejected with the field that is wrong
+    /// instead of panicking later.
+    pub(super) fn validate(&self, dim: usize, covariance: Covariance) -> Result<(), CmaesError> {
         check_vec("mean", &self.mean, dim)?;
-        check_vec("c", &self.c, dim * dim)?;
+        let c_len = match covariance {
+            Covariance::Full => dim * dim,
+            Covariance::Diagonal => dim,
+        };
+        check_vec("c", &self.c, c_len)?;
         check_vec("p_sigma", &self.p_sigma, dim)?;
         check_vec("p_c", &self.p_c, dim)?;
         check_vec("best_member", &self.best_member, dim)?;
@@ -53,6 +61,13 @@ impl CmaesState {
             ));
         }
         match self.decomposed_at {
+            Some(at) if covariance == Covariance::Diagonal => {
+                return Err(state_err(
+                    "decomposed_at",
+                    at,
+                    "a diagonal covariance has no decomposition",
+                ));
+            }
             Some(at) => {
                 if at > self.generation {
                     return Err(state_err("decomposed_at", at, "must not exceed generation"));

@@ -75,6 +75,15 @@ pub enum EvalError {
         #[source]
         source: Box<EngineError>,
     },
+    #[error("sample {sample} has no gold answer to score")]
+    NoAnswer { sample: String },
+    #[error("sample {sample}, policy {policy}: scoring the gold answer failed")]
+    ScoreAnswer {
+        sample: String,
+        policy: String,
+        #[source]
+        source: Box<EngineError>,
+    },
     #[error("sample {sample}, policy {policy}: decoding the generated tokens")]
     Decode {
         sample: String,

@@ -22,10 +22,10 @@ pub use error::PolicyError;
 pub use gqa::gqa_mean;
 pub use layout::{BamLayout, PARAM_COUNT};
 pub use namm::{Invocation, NammCore, NammPolicy, NormMode};
-pub use params_file::NammParams;
+pub use params_file::{NammParams, BUDGET_KEY};
 pub use parse::{parse_budget, parse_policy, DEFAULT_NAMM_PATH, VALID_POLICIES};
 pub use real::Real;
-pub use select::{binary_select, top_k};
+pub use select::{binary_select, capped_select, top_k};
 pub use simd::SIMD_ENV;
 
 /// What the engine hands a policy at one invocation, for one layer (spec §2.3). All slices

@@ -14,7 +14,8 @@ use super::features::{
 };
 use super::layout::BamLayout;
 use super::real::Real;
-use super::select::binary_select;
+use super::baselines::Budget;
+use super::select::capped_select;
 use super::{LayerView, MemoryPolicy, PolicyInputs};
 use crate::stats::NormStats;
 
@@ -185,6 +186,15 @@ impl<T: Real> NammCore<T> {
     /// Runs one invocation on one layer and returns, per head, the ascending indices of the
     /// tokens kept (the same count for every head). The layer's state is filtered with them.
     pub fn invoke(&mut self, inv: &Invocation<'_, T>) -> Result<Vec<Vec<usize>>, PolicyError> {
+        self.invoke_capped(inv, None)
+    }
+
+    /// [`NammCore::invoke`] keeping at most `cap` tokens per head (see [`capped_select`]).
+    pub fn invoke_capped(
+        &mut self,
+        inv: &Invocation<'_, T>,
+        cap: Option<usize>,
+    ) -> Result<Vec<Vec<usize>>, PolicyError> {
         let (h_count, n, n_new) = (inv.n_heads, inv.n_tokens, inv.n_new);
         check_shapes(inv)?;
         let n_old = n - n_new;
@@ -301,7 +311,7 @@ impl<T: Real> NammCore<T> {
             bam_scores(weights, features, n, scratch, scores);
         });
 
-        let kept = binary_select(&self.scores, h_count, n);
+        let kept = capped_select(&self.scores, h_count, n, cap);
         let k = kept.first().map_or(0, Vec::len);
         let mut prev = Vec::with_capacity(h_count * k * HOP);
         let mut ema = Vec::with_capacity(h_count * k * N_BINS);
@@ -386,6 +396,9 @@ fn check_shapes<T>(inv: &Invocation<'_, T>) -> Result<(), PolicyError> {
 #[derive(Debug)]
 pub struct NammPolicy {
     core: NammCore<f32>,
+    /// At most this many tokens per head stay after an invocation; `None`: the paper's
+    /// threshold alone decides.
+    budget: Option<Budget>,
     label: String,
 }
 
@@ -394,6 +407,7 @@ impl NammPolicy {
     pub fn new(params: Vec<f32>, stats: NormMode) -> Result<Self, PolicyError> {
         Ok(NammPolicy {
             core: NammCore::new(&params, stats)?,
+            budget: None,
             label: "namm".into(),
         })
     }
@@ -414,6 +428,7 @@ impl NammPolicy {
         NammPolicy {
             core: NammCore::with_layout(layout, &params, NormMode::Frozen(stats))
                 .expect("finite random parameters of the layout's length"),
+            budget: None,
             label: format!("namm:random(seed={seed})"),
         }
     }
@@ -422,6 +437,16 @@ impl NammPolicy {
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
         self.label = label.into();
         self
+    }
+
+    /// Caps the tokens each head keeps at `budget` (None: the threshold alone).
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
     }
 
     /// See [`NammCore::set_threads`].
@@ -464,7 +489,10 @@ impl MemoryPolicy for NammPolicy {
             attn: view.attn,
             positions: view.positions,
         };
-        match self.core.invoke(&inv) {
+        let cap = self
+            .budget
+            .map(|b| b.tokens(view.tokens_seen, view.n_tokens));
+        match self.core.invoke_capped(&inv, cap) {
             Ok(kept) if kept.iter().all(|k| k.len() == view.n_tokens) => None,
             Ok(kept) => Some(kept),
             Err(e) => {

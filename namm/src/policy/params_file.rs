@@ -7,7 +7,9 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use super::baselines::Budget;
 use super::error::PolicyError;
+use super::parse::parse_budget;
 use super::features::N_BINS;
 use super::layout::BamLayout;
 use super::namm::{NammPolicy, NormMode};
@@ -15,6 +17,9 @@ use crate::stats::NormStats;
 
 /// Metadata key naming the file format; written on save, not required on load.
 const FORMAT_KEY: &str = "format";
+/// Metadata key of the memory budget the NAMM was trained at (`0.25`, `512`), which
+/// `namm:FILE` applies unless the spec gives its own.
+pub const BUDGET_KEY: &str = "budget";
 const FORMAT: &str = "namm-params-v1";
 
 /// The contents of a parameter file.
@@ -163,20 +168,48 @@ impl NammParams {
             NormMode::accumulate()
         }
     }
+
+    /// The budget recorded in the metadata (none when the file has none).
+    pub fn budget(&self) -> Result<Option<Budget>, PolicyError> {
+        self.metadata
+            .get(BUDGET_KEY)
+            .map(|v| parse_budget("namm", v))
+            .transpose()
+    }
 }
 
 impl NammPolicy {
-    /// Loads a parameter file; the policy is named `namm:<path>`.
+    /// Loads a parameter file with the budget it records; the policy is named `namm:<path>`.
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
+        Self::from_file_with_budget(path, None)
+    }
+
+    /// Loads a parameter file; `budget` overrides the one the file records. The policy is
+    /// named `namm:<path>[,budget=B]`.
+    pub fn from_file_with_budget(path: &Path, budget: Option<Budget>) -> Result<Self, PolicyError> {
         let file = NammParams::load(path)?;
+        let budget = match budget {
+            Some(b) => Some(b),
+            None => file.budget().map_err(|e| PolicyError::File {
+                path: path.to_path_buf(),
+                reason: format!("metadata `{BUDGET_KEY}`: {e}"),
+            })?,
+        };
         let mode = file.norm_mode();
-        Ok(NammPolicy::new(file.params, mode)?.with_label(format!("namm:{}", path.display())))
+        let label = match budget {
+            Some(b) => format!("namm:{},budget={b}", path.display()),
+            None => format!("namm:{}", path.display()),
+        };
+        Ok(NammPolicy::new(file.params, mode)?
+            .with_budget(budget)
+            .with_label(label))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::MemoryPolicy;
 
     fn sample() -> NammParams {
         NammParams {
@@ -200,6 +233,30 @@ mod tests {
         assert_eq!(NammParams::load(&path).unwrap(), p);
         let policy = NammPolicy::from_file(&path).unwrap();
         assert_eq!(policy.norm_stats(), &p.stats);
+    }
+
+    #[test]
+    fn the_recorded_budget_applies_unless_the_spec_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.safetensors");
+        let mut p = sample();
+        p.metadata.insert(BUDGET_KEY.into(), "0.25".into());
+        p.save(&path).unwrap();
+        let own = NammPolicy::from_file(&path).unwrap();
+        assert_eq!(own.budget(), Some(Budget::Fraction(0.25)));
+        assert!(own.name().ends_with(",budget=0.25"), "{}", own.name());
+        let spec = format!("namm:{},budget=512", path.display());
+        let over = crate::policy::parse_policy(&spec).unwrap();
+        assert!(over.name().ends_with(",budget=512"), "{}", over.name());
+        p.metadata.insert(BUDGET_KEY.into(), "lots".into());
+        p.save(&path).unwrap();
+        let e = NammPolicy::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("metadata `budget`") && e.contains("lots"), "{e}");
+        let e = crate::policy::parse_policy(&format!("namm:{},bugdet=1", path.display()))
+            .err()
+            .expect("an unknown key is refused")
+            .to_string();
+        assert!(e.contains("bugdet"), "{e}");
     }
 
     #[test]

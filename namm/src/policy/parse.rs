@@ -1,4 +1,4 @@
-//! One-line policy specs: `full`, `namm:PATH.safetensors`, `namm:default`,
+//! One-line policy specs: `full`, `namm:PATH.safetensors`, `namm:default,budget=0.25`,
 //! `h2o:budget=0.25`, `streaming:sinks=4,budget=512`, `random:budget=0.5,seed=3`, …
 //!
 //! `budget` is a fraction of the tokens seen when it contains a `.` (in (0, 1]), a token
@@ -12,7 +12,7 @@ use super::namm::NammPolicy;
 use super::MemoryPolicy;
 
 /// Policies and their key=value parameters, as listed in error messages.
-pub const VALID_POLICIES: &str = "full, namm:PATH.safetensors, namm:default, \
+pub const VALID_POLICIES: &str = "full, namm:PATH.safetensors[,budget=B], namm:default[,budget=B], \
      streaming[:budget=B,sinks=4], h2o[:budget=B,recent=0.5], \
      snapkv[:budget=B,window=32,kernel=7], tova[:budget=B], knorm[:budget=B,recent=0], \
      random[:budget=B,seed=0]";
@@ -40,19 +40,20 @@ pub fn parse_policy(spec: &str) -> Result<Box<dyn MemoryPolicy>, PolicyError> {
             Ok(Box::new(FullCache))
         }
         "namm" => {
-            let path = rest
+            let rest = rest
                 .filter(|r| !r.is_empty())
                 .ok_or_else(|| PolicyError::Malformed {
                     spec: spec.into(),
                     reason: "`namm` needs a parameter file: namm:PATH.safetensors or namm:default"
                         .into(),
                 })?;
+            let (path, budget) = namm_params(spec, rest)?;
             let path = if path == "default" {
                 default_namm_path()?
             } else {
                 PathBuf::from(path)
             };
-            Ok(Box::new(NammPolicy::from_file(&path)?))
+            Ok(Box::new(NammPolicy::from_file_with_budget(&path, budget)?))
         }
         _ => Ok(Box::new(parse_baseline(spec, name, rest.unwrap_or(""))?)),
     }
@@ -72,23 +73,30 @@ fn default_namm_path() -> Result<PathBuf, PolicyError> {
         })
 }
 
-/// A budget-driven baseline from `name` and its `k=v,k=v` parameters.
-pub fn parse_baseline(spec: &str, name: &str, params: &str) -> Result<Baseline, PolicyError> {
-    let (policy, valid): (&'static str, &'static str) = match name {
-        "streaming" => ("streaming", "budget, sinks"),
-        "h2o" => ("h2o", "budget, recent"),
-        "snapkv" => ("snapkv", "budget, window, kernel"),
-        "tova" => ("tova", "budget"),
-        "knorm" => ("knorm", "budget, recent"),
-        "random" => ("random", "budget, seed"),
-        _ => {
-            return Err(PolicyError::UnknownPolicy {
-                spec: spec.into(),
-                name: name.into(),
-                valid: VALID_POLICIES,
-            })
-        }
+/// `PATH[,budget=B]` of a `namm:` spec: the parameter file and the budget that overrides the
+/// file's own. A path that is an existing file is taken whole, commas and all.
+fn namm_params<'a>(spec: &str, rest: &'a str) -> Result<(&'a str, Option<Budget>), PolicyError> {
+    let (path, params) = match rest.split_once(',') {
+        Some(_) if Path::new(rest).is_file() => (rest, ""),
+        Some((path, params)) => (path, params),
+        None => (rest, ""),
     };
+    let pairs = key_values(spec, "namm", params, "budget")?;
+    let budget = pairs
+        .first()
+        .map(|(_, v)| parse_budget("namm", v))
+        .transpose()?;
+    Ok((path, budget))
+}
+
+/// The `k=v,k=v` parameters of a policy spec, each key one of `valid` (comma-separated) and
+/// given at most once.
+fn key_values<'a>(
+    spec: &str,
+    policy: &'static str,
+    params: &'a str,
+    valid: &'static str,
+) -> Result<Vec<(&'a str, &'a str)>, PolicyError> {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for item in params.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (k, v) = item.split_once('=').ok_or_else(|| PolicyError::Malformed {
@@ -111,6 +119,27 @@ pub fn parse_baseline(spec: &str, name: &str, params: &str) -> Result<Baseline, 
         }
         pairs.push((k, v));
     }
+    Ok(pairs)
+}
+
+/// A budget-driven baseline from `name` and its `k=v,k=v` parameters.
+pub fn parse_baseline(spec: &str, name: &str, params: &str) -> Result<Baseline, PolicyError> {
+    let (policy, valid): (&'static str, &'static str) = match name {
+        "streaming" => ("streaming", "budget, sinks"),
+        "h2o" => ("h2o", "budget, recent"),
+        "snapkv" => ("snapkv", "budget, window, kernel"),
+        "tova" => ("tova", "budget"),
+        "knorm" => ("knorm", "budget, recent"),
+        "random" => ("random", "budget, seed"),
+        _ => {
+            return Err(PolicyError::UnknownPolicy {
+                spec: spec.into(),
+                name: name.into(),
+                valid: VALID_POLICIES,
+            })
+        }
+    };
+    let pairs = key_values(spec, policy, params, valid)?;
     let get = |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let budget = match get("budget") {
         Some(v) => parse_budget(policy, v)?,

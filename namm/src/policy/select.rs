@@ -50,6 +50,18 @@ pub fn top_k<T: Real>(scores: &[T], k: usize) -> Vec<usize> {
 /// above-threshold count over the heads, and every head keeps its K best tokens.
 /// `scores` is `[n_heads][n]`.
 pub fn binary_select<T: Real>(scores: &[T], n_heads: usize, n: usize) -> Vec<Vec<usize>> {
+    capped_select(scores, n_heads, n, None)
+}
+
+/// [`binary_select`] with K at most `cap` (a memory budget): every head keeps its `min(K, cap)`
+/// best tokens, so below-threshold tokens are the first to go and the kept count never exceeds
+/// the budget.
+pub fn capped_select<T: Real>(
+    scores: &[T],
+    n_heads: usize,
+    n: usize,
+    cap: Option<usize>,
+) -> Vec<Vec<usize>> {
     let k = (0..n_heads)
         .map(|h| {
             let row = &scores[h * n..(h + 1) * n];
@@ -60,7 +72,8 @@ pub fn binary_select<T: Real>(scores: &[T], n_heads: usize, n: usize) -> Vec<Vec
             above + usize::from(n > 0)
         })
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .min(cap.unwrap_or(usize::MAX));
     (0..n_heads)
         .map(|h| top_k(&scores[h * n..(h + 1) * n], k))
         .collect()
@@ -89,5 +102,18 @@ mod tests {
         assert_eq!(kept, vec![vec![0, 2, 3], vec![0, 1, 3]]);
         let zeros = [0.0f32; 6];
         assert_eq!(binary_select(&zeros, 2, 3), vec![vec![0, 1, 2]; 2]);
+    }
+
+    #[test]
+    fn a_cap_evicts_below_threshold_tokens_first_and_never_keeps_more() {
+        // head 0 has four tokens ≥ 0 (the newest included); a cap of 3 keeps its three best.
+        let s = [0.5f32, -1.0, 2.0, 0.1, 7.0, /* head 1 */ -0.1, -0.2, -0.3, -0.4, -9.0];
+        let kept = capped_select(&s, 2, 5, Some(3));
+        assert_eq!(kept, vec![vec![0, 2, 4], vec![0, 1, 4]]);
+        // A cap above the threshold's count changes nothing.
+        assert_eq!(capped_select(&s, 2, 5, Some(5)), binary_select(&s, 2, 5));
+        // Ties at the boundary go to the older token.
+        let ties = [0.0f32; 4];
+        assert_eq!(capped_select(&ties, 1, 4, Some(2)), vec![vec![0, 3]]);
     }
 }

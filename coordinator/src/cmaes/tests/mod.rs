@@ -1,9 +1,11 @@
 mod api;
 mod convergence;
+mod diagonal;
 mod golden;
+mod pycma;
 mod resume;
 
-use super::{Cmaes, CmaesConfig, EigenMode};
+use super::{Cmaes, CmaesConfig, Covariance, EigenMode};
 
 /// max |a − b| / max |b|: the harness's normwise relative error (spec/golden/harness/check_cma.py).
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
@@ -24,6 +26,16 @@ fn config(dim: usize, population: usize, sigma0: f64, x0: f64, eigen: EigenMode)
         sigma0,
         x0: vec![x0; dim],
         eigen,
+        covariance: Covariance::Full,
+        shift_first_gen: true,
+    }
+}
+
+/// A diagonal-covariance config; the eigen mode is irrelevant there and left at its default.
+fn diagonal_config(dim: usize, population: usize, sigma0: f64, x0: f64) -> CmaesConfig {
+    CmaesConfig {
+        covariance: Covariance::Diagonal,
+        ..config(dim, population, sigma0, x0, EigenMode::default())
     }
 }
 

@@ -4,7 +4,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{config, new_es};
+use super::{config, diagonal_config, new_es};
 use crate::cmaes::{Cmaes, CmaesConfig, EigenMode};
 
 fn bits(pop: &[Vec<f64>]) -> Vec<u64> {
@@ -69,6 +69,15 @@ fn lazy_mode_resumes_bitwise_between_decompositions() {
     );
 }
 
+#[test]
+fn diagonal_mode_resumes_bitwise() {
+    let n = 200;
+    check_resume(
+        &diagonal_config(n, Cmaes::default_population(n), 0.4, 0.3),
+        8,
+    );
+}
+
 /// The contract's literal sequence: new → ask → tell → state → from_state → ask.
 #[test]
 fn new_ask_tell_state_from_state_ask_matches_uninterrupted() {
@@ -84,17 +93,26 @@ fn new_ask_tell_state_from_state_ask_matches_uninterrupted() {
 }
 
 /// A state persisted between ask and tell (the generation in flight) re-asks the same
-/// population, in both modes.
+/// population, in every mode.
 #[test]
 fn state_taken_mid_generation_re_asks_the_same_population() {
-    for mode in [EigenMode::Exact, EigenMode::Lazy] {
-        let cfg = config(200, 19, 0.4, 0.3, mode);
+    let configs = [
+        config(200, 19, 0.4, 0.3, EigenMode::Exact),
+        config(200, 19, 0.4, 0.3, EigenMode::Lazy),
+        diagonal_config(200, 19, 0.4, 0.3),
+    ];
+    for cfg in configs {
         let mut es = new_es(&cfg);
         for _ in 0..4 {
             step(&mut es);
         }
         let pop = es.ask(&mut rng_for(4));
         let mut restored = Cmaes::from_state(&cfg, es.state()).expect("restore");
-        assert_eq!(bits(&restored.ask(&mut rng_for(4))), bits(&pop), "{mode:?}");
+        let label = (cfg.covariance, cfg.eigen);
+        assert_eq!(
+            bits(&restored.ask(&mut rng_for(4))),
+            bits(&pop),
+            "{label:?}"
+        );
     }
 }
