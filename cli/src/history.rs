@@ -287,7 +287,10 @@ fn export_params(
         ("tasks".to_string(), namm.stage_tasks(stage).join(";")),
         ("best_fitness".to_string(), run.best_fitness.to_string()),
         ("sigma".to_string(), run.sigma.to_string()),
-        ("fitness".to_string(), format!("{:?}", namm.fitness).to_lowercase()),
+        (
+            "fitness".to_string(),
+            format!("{:?}", namm.fitness).to_lowercase(),
+        ),
     ]);
     // `namm:FILE` applies the budget the NAMM was trained at.
     if let Some(b) = namm.budget() {

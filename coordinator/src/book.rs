@@ -434,9 +434,17 @@ mod tests {
             taken.iter().map(|t| (t.0.candidate, t.0.shard)).collect()
         };
         let first = got(book.take(&w, 1, 2, |_| true, |k| k.candidate != 1));
-        assert_eq!(first, [(0, 0), (2, 0)], "one batch: shard 0 of candidates 0 and 2");
+        assert_eq!(
+            first,
+            [(0, 0), (2, 0)],
+            "one batch: shard 0 of candidates 0 and 2"
+        );
         let second = got(book.take(&w, 2, 8, |_| true, |_| true));
-        assert_eq!(second, [(0, 1), (1, 1), (2, 1), (1, 0)], "two batches, by shard");
+        assert_eq!(
+            second,
+            [(0, 1), (1, 1), (2, 1), (1, 0)],
+            "two batches, by shard"
+        );
         assert_eq!(book.queue_len(), 0);
     }
 }

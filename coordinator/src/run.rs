@@ -727,7 +727,9 @@ fn warm_start(spec: &mut RunSpec) -> Result<Option<namm_proto::NormStats>, Coord
         return Ok(None);
     };
     let bad = |reason: String| {
-        CoordError::InvalidArgument(format!("run spec field `strategy.init_from` = {path:?}: {reason}"))
+        CoordError::InvalidArgument(format!(
+            "run spec field `strategy.init_from` = {path:?}: {reason}"
+        ))
     };
     if spec.namm.is_none() {
         return Err(bad("only a NAMM run starts from an exported NAMM".into()));
@@ -1104,14 +1106,22 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
                 .item_ids(&key)
                 .iter()
                 .all(|id| training::parse_item_id(id).unwrap().1 >= 4);
-            assert_eq!((obj.decode, obj.answer_likelihood), (heldout, !heldout), "{key:?}");
+            assert_eq!(
+                (obj.decode, obj.answer_likelihood),
+                (heldout, !heldout),
+                "{key:?}"
+            );
         }
         assert!(answer(&mut run).is_none());
         assert_eq!(run.record.reference_logprobs.len(), 4);
         assert_eq!(run.record.reference_scores.len(), 6);
 
         let g0 = answer(&mut run).unwrap().finished.unwrap();
-        assert!((g0.fitness[0] - 0.5f64.exp()).abs() < 1e-12, "{:?}", g0.fitness);
+        assert!(
+            (g0.fitness[0] - 0.5f64.exp()).abs() < 1e-12,
+            "{:?}",
+            g0.fitness
+        );
         assert!((g0.fitness[1] - (-1.0f64).exp()).abs() < 1e-12);
         assert!(g0.heldout.is_none());
         // A restart rebuilds the run from the stored spec, without the file.
@@ -1137,9 +1147,18 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
             ))
             .unwrap()
         };
-        let err = ActiveRun::create(&store, spec("")).err().unwrap().to_string();
-        assert!(err.contains("strategy.init_from") && err.contains("absent"), "{err}");
-        let err = ActiveRun::create(&store, spec("x0 = 0.5")).err().unwrap().to_string();
+        let err = ActiveRun::create(&store, spec(""))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("strategy.init_from") && err.contains("absent"),
+            "{err}"
+        );
+        let err = ActiveRun::create(&store, spec("x0 = 0.5"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not both"), "{err}");
     }
 
@@ -1158,7 +1177,10 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         let Some(objective::Kind::Namm(obj)) = run.objective(&refs[0]).kind else {
             panic!("a NAMM objective");
         };
-        assert!(obj.norm_stats.is_none() && obj.accumulate_stats, "the first pass accumulates");
+        assert!(
+            obj.norm_stats.is_none() && obj.accumulate_stats,
+            "the first pass accumulates"
+        );
         assert!(obj.decode && !obj.answer_likelihood && obj.budget.is_empty());
         assert!(answer_all(&mut run, &store).is_none());
 

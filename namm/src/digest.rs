@@ -27,7 +27,10 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
 
 /// sha256 of bytes in memory, lowercase hex.
 pub fn bytes_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -279,7 +279,10 @@ fn run(
             break;
         }
         let step = Instant::now();
-        let next: Vec<[u32; 1]> = feeding.iter().map(|&i| [tokens[i][tokens[i].len() - 1]]).collect();
+        let next: Vec<[u32; 1]> = feeding
+            .iter()
+            .map(|&i| [tokens[i][tokens[i].len() - 1]])
+            .collect();
         let next: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
         let out = feed_some(&mut sessions, &next, policies, &feeding)?;
         let share = step.elapsed().as_secs_f64() / feeding.len() as f64;

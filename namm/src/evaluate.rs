@@ -65,7 +65,11 @@ impl Evaluator {
     }
 
     /// [`Evaluator::load`] for any model source, a synthesised `random:SHAPE` one included.
-    pub fn load_source(source: &ModelSource, device: &Device, format: WeightFormat) -> Result<Self> {
+    pub fn load_source(
+        source: &ModelSource,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let path = source.label();
         let model_err = |source| EvalError::Model {
             path: path.clone(),
@@ -299,11 +303,13 @@ impl Evaluator {
     /// prompt: a space in front when the prompt ends in a word ("The pass key is" → " 71432").
     pub fn answer_ids(&self, prepared: &Prepared<'_>) -> Result<Vec<u32>> {
         let sample = &prepared.sample;
-        let answer = sample.answers.first().filter(|a| !a.trim().is_empty()).ok_or_else(|| {
-            EvalError::NoAnswer {
+        let answer = sample
+            .answers
+            .first()
+            .filter(|a| !a.trim().is_empty())
+            .ok_or_else(|| EvalError::NoAnswer {
                 sample: sample.id.clone(),
-            }
-        })?;
+            })?;
         let ends_in_word = prepared
             .prompt
             .chars()

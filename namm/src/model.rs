@@ -63,11 +63,19 @@ pub struct Model {
 impl Model {
     /// Loads a llama-architecture GGUF file onto `device`, holding the matrices in `format`.
     pub fn load(path: impl AsRef<Path>, device: &Device, format: WeightFormat) -> Result<Self> {
-        Self::load_source(&ModelSource::File(path.as_ref().to_path_buf()), device, format)
+        Self::load_source(
+            &ModelSource::File(path.as_ref().to_path_buf()),
+            device,
+            format,
+        )
     }
 
     /// Loads a model from any source: a GGUF file, or a synthesised `random:SHAPE` one.
-    pub fn load_source(source: &ModelSource, device: &Device, format: WeightFormat) -> Result<Self> {
+    pub fn load_source(
+        source: &ModelSource,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let (content, reader) = source.open()?;
         Self::from_gguf(&source.label(), content, reader, device, format)
     }
@@ -257,7 +265,12 @@ impl Model {
     }
 
     /// [`Model::attn_residual`] for the spans of several sequences, `ys[i]: [Hq, c_i, D]`.
-    pub fn attn_residual_rows(&self, layer: usize, residual: &Tensor, ys: &[Tensor]) -> Result<Tensor> {
+    pub fn attn_residual_rows(
+        &self,
+        layer: usize,
+        residual: &Tensor,
+        ys: &[Tensor],
+    ) -> Result<Tensor> {
         let mut spans = Vec::with_capacity(ys.len());
         let mut rows = Vec::with_capacity(ys.len());
         for y in ys {

@@ -727,10 +727,19 @@ target_fitness = -1e-8
     #[test]
     fn budgets_and_fitness_kinds_parse_and_bad_budgets_are_named() {
         let namm = |t: &str| RunSpec::from_toml(&format!("[namm]\n{t}")).map(|s| s.namm.unwrap());
-        assert_eq!(namm("budget = 512").unwrap().budget(), Some(Budget::Tokens(512)));
-        assert_eq!(namm("budget = 0.5").unwrap().budget(), Some(Budget::Fraction(0.5)));
+        assert_eq!(
+            namm("budget = 512").unwrap().budget(),
+            Some(Budget::Tokens(512))
+        );
+        assert_eq!(
+            namm("budget = 0.5").unwrap().budget(),
+            Some(Budget::Fraction(0.5))
+        );
         assert_eq!(namm("").unwrap().budget(), None);
-        assert_eq!(namm("fitness = \"likelihood\"").unwrap().fitness, FitnessKind::Likelihood);
+        assert_eq!(
+            namm("fitness = \"likelihood\"").unwrap().fitness,
+            FitnessKind::Likelihood
+        );
         for bad in ["budget = 0", "budget = 1.5", "budget = -0.1"] {
             let e = namm(bad).unwrap_err().to_string();
             assert!(e.contains("namm.budget"), "{bad}: {e}");

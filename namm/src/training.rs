@@ -351,7 +351,12 @@ mod tests {
             &refs,
         );
         assert_eq!(f.fitness, 2.0);
-        let none = fitness(FitnessKind::Metric, &tasks, &items(&[("a#0", 0.0), ("a#1", 0.0)]), &refs);
+        let none = fitness(
+            FitnessKind::Metric,
+            &tasks,
+            &items(&[("a#0", 0.0), ("a#1", 0.0)]),
+            &refs,
+        );
         assert_eq!(none.fitness, 0.0);
     }
 
@@ -359,15 +364,26 @@ mod tests {
     fn missing_references_unknown_tasks_and_failures_give_nan() {
         let tasks = vec!["a".to_string()];
         let refs = reference(&[("a#0", 1.0)]);
-        assert!(fitness(FitnessKind::Metric, &tasks, &items(&[("a#1", 1.0)]), &refs)
+        assert!(
+            fitness(FitnessKind::Metric, &tasks, &items(&[("a#1", 1.0)]), &refs)
+                .fitness
+                .is_nan()
+        );
+        assert!(
+            fitness(FitnessKind::Metric, &tasks, &items(&[("z#0", 1.0)]), &refs)
+                .fitness
+                .is_nan()
+        );
+        assert!(fitness(
+            FitnessKind::Metric,
+            &tasks,
+            &items(&[("a#0", f64::NAN)]),
+            &refs
+        )
+        .fitness
+        .is_nan());
+        assert!(fitness(FitnessKind::Metric, &tasks, &[], &refs)
             .fitness
             .is_nan());
-        assert!(fitness(FitnessKind::Metric, &tasks, &items(&[("z#0", 1.0)]), &refs)
-            .fitness
-            .is_nan());
-        assert!(fitness(FitnessKind::Metric, &tasks, &items(&[("a#0", f64::NAN)]), &refs)
-            .fitness
-            .is_nan());
-        assert!(fitness(FitnessKind::Metric, &tasks, &[], &refs).fitness.is_nan());
     }
 }

@@ -67,8 +67,10 @@ fn rows_equal_alone(model: &Model, lens: &[usize], steps: usize) {
         .map(|p| new_session(p.as_ref()))
         .collect();
     let mut rows: Vec<&mut Session> = sessions.iter_mut().collect();
-    let mut pols: Vec<&mut dyn MemoryPolicy> =
-        batch_policies.iter_mut().map(|p| p.as_mut() as &mut dyn MemoryPolicy).collect();
+    let mut pols: Vec<&mut dyn MemoryPolicy> = batch_policies
+        .iter_mut()
+        .map(|p| p.as_mut() as &mut dyn MemoryPolicy)
+        .collect();
     let ids: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let mut logits = vec![Session::feed_batch(&mut rows, &ids, &mut pols).unwrap()];
     for _ in 0..steps {
@@ -84,10 +86,21 @@ fn rows_equal_alone(model: &Model, lens: &[usize], steps: usize) {
 
     for (i, (s, want)) in alone.iter().enumerate() {
         for (step, want) in want.iter().enumerate() {
-            assert_eq!(&logits[step][i], want, "row {i}, step {step}: logits differ");
+            assert_eq!(
+                &logits[step][i], want,
+                "row {i}, step {step}: logits differ"
+            );
         }
-        assert_eq!(rows[i].positions(), s.positions(), "row {i}: kept token sets differ");
-        assert_eq!(rows[i].invocations(), s.invocations(), "row {i}: invocations differ");
+        assert_eq!(
+            rows[i].positions(),
+            s.positions(),
+            "row {i}: kept token sets differ"
+        );
+        assert_eq!(
+            rows[i].invocations(),
+            s.invocations(),
+            "row {i}: invocations differ"
+        );
         if i % 2 == 1 {
             assert!(
                 s.kept_per_layer().iter().any(|&k| k < s.tokens_seen()),
@@ -120,16 +133,36 @@ fn random_models_are_seeded_and_named_by_their_bytes() {
     let b: ModelSource = "random:tiny:seed=1".parse().unwrap();
     assert_eq!(a.sha256().unwrap(), a.sha256().unwrap());
     assert_ne!(a.sha256().unwrap(), b.sha256().unwrap());
-    let bad = "random:giant".parse::<ModelSource>().unwrap_err().to_string();
-    assert!(bad.contains("random:giant") && bad.contains("tiny"), "{bad}");
+    let bad = "random:giant"
+        .parse::<ModelSource>()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("random:giant") && bad.contains("tiny"),
+        "{bad}"
+    );
 
     let big: ModelSource = "random:smollm2-135m".parse().unwrap();
     let model = Model::load_source(&big, &Device::Cpu, WeightFormat::Gguf).unwrap();
     let real = Model::load(model_path(), &Device::Cpu, WeightFormat::Gguf).unwrap();
     let (c, r) = (model.config(), real.config());
     assert_eq!(
-        (c.n_layers, c.n_heads, c.n_kv_heads, c.hidden, c.intermediate, c.vocab),
-        (r.n_layers, r.n_heads, r.n_kv_heads, r.hidden, r.intermediate, r.vocab),
+        (
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.hidden,
+            c.intermediate,
+            c.vocab
+        ),
+        (
+            r.n_layers,
+            r.n_heads,
+            r.n_kv_heads,
+            r.hidden,
+            r.intermediate,
+            r.vocab
+        ),
         "random:smollm2-135m has the default model's shape"
     );
 }
@@ -138,7 +171,11 @@ fn random_models_are_seeded_and_named_by_their_bytes() {
 fn a_batch_of_policies_scores_like_one_policy_at_a_time() {
     let source: ModelSource = "random:tiny:seed=2".parse().unwrap();
     let evaluator = Evaluator::load_source(&source, &Device::Cpu, WeightFormat::F32Gguf).unwrap();
-    let task = "passkey:len=1100".parse::<TaskSpec>().unwrap().load().unwrap();
+    let task = "passkey:len=1100"
+        .parse::<TaskSpec>()
+        .unwrap()
+        .load()
+        .unwrap();
     let samples = evaluator.samples(&task, 0, 2).unwrap();
     for sample in samples {
         let prepared = evaluator.prepare(sample, None).unwrap();
@@ -148,7 +185,10 @@ fn a_batch_of_policies_scores_like_one_policy_at_a_time() {
             .map(|p| evaluator.run_prepared(&prepared, p.as_mut()).unwrap().0)
             .collect();
         let mut many = policies();
-        let rows = many.iter_mut().map(|p| (&prepared, p.as_mut() as &mut dyn MemoryPolicy)).collect();
+        let rows = many
+            .iter_mut()
+            .map(|p| (&prepared, p.as_mut() as &mut dyn MemoryPolicy))
+            .collect();
         let (batched, _) = evaluator.run_batch(rows).unwrap();
         assert_eq!(batched.len(), alone.len());
         for (b, a) in batched.iter().zip(&alone) {

@@ -193,7 +193,11 @@ fn local_workers_of_an_llm_run_need_its_model() {
 #[test]
 fn batched_workers_reproduce_the_unbatched_history() {
     let model = "random:tiny:seed=3";
-    let sha = model.parse::<namm::model::ModelSource>().unwrap().sha256().unwrap();
+    let sha = model
+        .parse::<namm::model::ModelSource>()
+        .unwrap()
+        .sha256()
+        .unwrap();
     let spec = format!(
         r#"
 name = "batched"
@@ -219,7 +223,13 @@ heldout_every = 1
         let path = c.file("run.toml", &spec);
         let mut coord = c.coordinator(
             "coord",
-            &["--run", path.to_str().unwrap(), "--local-workers", "0", "--exit-when-done"],
+            &[
+                "--run",
+                path.to_str().unwrap(),
+                "--local-workers",
+                "0",
+                "--exit-when-done",
+            ],
         );
         let _w = c.worker("w", &["--model", model, "--batch", batch]);
         let status = coord
@@ -237,7 +247,10 @@ heldout_every = 1
             .map(|i| finite(&i["extra"]["batch_rows"]))
             .collect();
         assert!(!rows.is_empty());
-        assert!(rows.iter().all(|&r| r == batch.parse::<f64>().unwrap()), "{rows:?}");
+        assert!(
+            rows.iter().all(|&r| r == batch.parse::<f64>().unwrap()),
+            "{rows:?}"
+        );
         let h = c.json_db(&["history", "1"]);
         h.as_array().unwrap().clone()
     };
@@ -284,7 +297,13 @@ fitness = "likelihood"
     );
     let mut coord = c.coordinator(
         "coord",
-        &["--run", spec.to_str().unwrap(), "--local-workers", "0", "--exit-when-done"],
+        &[
+            "--run",
+            spec.to_str().unwrap(),
+            "--local-workers",
+            "0",
+            "--exit-when-done",
+        ],
     );
     let _llm = c.worker("llm", &["--model", model]);
     let status = coord
@@ -303,9 +322,15 @@ fitness = "likelihood"
                     "candidate" => {
                         let logprob = finite(&extra["answer_logprob"]);
                         assert!(logprob <= 0.0, "{item}");
-                        assert!(extra["generated_tokens"].is_null(), "candidates decode nothing: {item}");
+                        assert!(
+                            extra["generated_tokens"].is_null(),
+                            "candidates decode nothing: {item}"
+                        );
                     }
-                    _ => assert!(extra["answer_logprob"].is_null(), "the held-out mean decodes: {item}"),
+                    _ => assert!(
+                        extra["answer_logprob"].is_null(),
+                        "the held-out mean decodes: {item}"
+                    ),
                 }
                 let kept = finite(&extra["kept_at_invocations"]);
                 assert!(kept > 0.0 && kept <= 0.25, "kept {kept} > budget: {item}");
@@ -313,7 +338,11 @@ fitness = "likelihood"
             }
         }
     }
-    assert_eq!(checked, 2 * 3 * 2 + 1, "every candidate prompt and the held-out prompt");
+    assert_eq!(
+        checked,
+        2 * 3 * 2 + 1,
+        "every candidate prompt and the held-out prompt"
+    );
 
     let exported = c.dir.path().join("budget.safetensors");
     let out = c.cli_db(&["best", "1", "--export", exported.to_str().unwrap()]);
@@ -321,8 +350,18 @@ fitness = "likelihood"
     let policy = format!("namm:{}", exported.display());
     let out = namm_tests::run_cli(
         &[
-            "eval", "--model", model, "--task", "passkey:len=1100", "--seed", "9",
-            "--samples", "1", "--policy", &policy, "--json",
+            "eval",
+            "--model",
+            model,
+            "--task",
+            "passkey:len=1100",
+            "--seed",
+            "9",
+            "--samples",
+            "1",
+            "--policy",
+            &policy,
+            "--json",
         ]
         .map(String::from),
     );

@@ -23,10 +23,12 @@ pub fn evaluate_units(units: &[WorkUnit], cfg: &WorkerConfig) -> Vec<UnitOutcome
     let namm: Vec<(usize, &NammObjective)> = units
         .iter()
         .enumerate()
-        .filter_map(|(i, u)| match u.objective.as_ref().and_then(|o| o.kind.as_ref()) {
-            Some(objective::Kind::Namm(obj)) => Some((i, obj)),
-            _ => None,
-        })
+        .filter_map(
+            |(i, u)| match u.objective.as_ref().and_then(|o| o.kind.as_ref()) {
+                Some(objective::Kind::Namm(obj)) => Some((i, obj)),
+                _ => None,
+            },
+        )
         .collect();
     let mut outcomes: Vec<Option<UnitOutcome>> = vec![None; units.len()];
     #[cfg(feature = "engine")]

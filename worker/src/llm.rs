@@ -85,7 +85,9 @@ impl Llm {
         format: WeightFormat,
         prompt_cache: usize,
     ) -> anyhow::Result<Llm> {
-        let sha256 = source.sha256().with_context(|| format!("--model {source}"))?;
+        let sha256 = source
+            .sha256()
+            .with_context(|| format!("--model {source}"))?;
         let dev =
             namm::evaluate::parse_device(device).with_context(|| format!("--device {device}"))?;
         let evaluator = Evaluator::load_source(source, &dev, format)
@@ -128,8 +130,10 @@ impl Llm {
     ) -> Vec<Result<UnitOutcome, String>> {
         let mut plans: Vec<Result<Plan, String>> =
             units.iter().map(|(u, obj)| self.plan(u, obj)).collect();
-        let mut items: Vec<Vec<Option<ItemResult>>> =
-            units.iter().map(|(u, _)| vec![None; u.item_ids.len()]).collect();
+        let mut items: Vec<Vec<Option<ItemResult>>> = units
+            .iter()
+            .map(|(u, _)| vec![None; u.item_ids.len()])
+            .collect();
         // Rows by prompt, prompts in the order the units list them.
         let mut prompts: Vec<(PromptKey, Vec<(usize, usize)>)> = Vec::new();
         for (ui, (unit, obj)) in units.iter().enumerate() {
@@ -198,7 +202,9 @@ impl Llm {
             )),
             (UnitKind::Reference, false, _) => PlanPolicy::Full(FullCache),
             (_, true, _) => return Err("only reference units accumulate statistics".into()),
-            (_, false, None) => return Err("a candidate unit came without frozen statistics".into()),
+            (_, false, None) => {
+                return Err("a candidate unit came without frozen statistics".into())
+            }
             (_, false, Some(s)) => {
                 if unit.params.len() != PARAM_COUNT {
                     return Err(format!(
@@ -210,7 +216,9 @@ impl Llm {
                     .map_err(|e| format!("objective.norm_stats: {e}"))?;
                 let budget = match obj.budget.trim() {
                     "" => None,
-                    b => Some(parse_budget("namm", b).map_err(|e| format!("objective.budget: {e}"))?),
+                    b => Some(
+                        parse_budget("namm", b).map_err(|e| format!("objective.budget: {e}"))?,
+                    ),
                 };
                 let params = unit.params.iter().map(|&v| v as f32).collect();
                 PlanPolicy::Namm(Box::new(
@@ -252,7 +260,9 @@ impl Llm {
             .collect();
         // Rows are in unit order, like the caller's.
         let mut decoded: Vec<Option<SampleResult>> = vec![None; selected.len()];
-        let decoding: Vec<usize> = (0..selected.len()).filter(|&k| selected[k].decode).collect();
+        let decoding: Vec<usize> = (0..selected.len())
+            .filter(|&k| selected[k].decode)
+            .collect();
         if !decoding.is_empty() {
             let batch = selected
                 .iter_mut()
@@ -277,7 +287,10 @@ impl Llm {
             .enumerate()
             .map(|(k, (plan, decoded))| {
                 let answer = if plan.answer_likelihood {
-                    Some(self.evaluator.score_answer(&prepared, plan.policy.as_dyn())?)
+                    Some(
+                        self.evaluator
+                            .score_answer(&prepared, plan.policy.as_dyn())?,
+                    )
                 } else {
                     None
                 };
@@ -369,7 +382,10 @@ fn item_result(
         extra.insert(ANSWER_LOGPROB.into(), a.mean_logprob());
         extra.insert("answer_tokens".into(), a.tokens as f64);
         extra.insert(KEPT_FRACTION.into(), s.mean_kept_fraction);
-        extra.insert(KEPT_AT_INVOCATIONS.into(), max_invocation_kept(&s.invocations));
+        extra.insert(
+            KEPT_AT_INVOCATIONS.into(),
+            max_invocation_kept(&s.invocations),
+        );
         extra.insert("prompt_tokens".into(), s.prompt_tokens as f64);
         forward += s.prefill_secs + s.decode_secs - s.policy_secs;
         prefill += s.prefill_secs + prefix_secs;

@@ -1,7 +1,7 @@
 //! `namm-worker`: the worker daemon.
 
-use clap::Parser;
 use anyhow::Context;
+use clap::Parser;
 use namm::model::{ModelSource, WeightFormat};
 use namm_worker::auth::{resolve_token, ClientAuth};
 use namm_worker::llm::Llm;

@@ -145,8 +145,10 @@ impl<'m> Session<'m> {
         ids: &[&[u32]],
         policies: &mut [&mut dyn MemoryPolicy],
     ) -> Result<Vec<Vec<f32>>> {
-        let mut policies: Vec<Option<&mut dyn MemoryPolicy>> =
-            policies.iter_mut().map(|p| Some(&mut **p as &mut dyn MemoryPolicy)).collect();
+        let mut policies: Vec<Option<&mut dyn MemoryPolicy>> = policies
+            .iter_mut()
+            .map(|p| Some(&mut **p as &mut dyn MemoryPolicy))
+            .collect();
         feed_rows(rows, ids, &mut policies)
     }
 
@@ -385,7 +387,8 @@ pub(crate) fn feed_rows(
         if chunks.is_empty() {
             break;
         }
-        let (single, longer): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|(_, c)| c.len() == 1);
+        let (single, longer): (Vec<_>, Vec<_>) =
+            chunks.into_iter().partition(|(_, c)| c.len() == 1);
         for group in [single, longer] {
             if group.is_empty() {
                 continue;
@@ -412,7 +415,9 @@ pub(crate) fn feed_rows(
                 }
             }
             if !lasts.is_empty() {
-                let out = model.logits_rows(&Tensor::cat(&lasts, 0)?)?.to_vec2::<f32>()?;
+                let out = model
+                    .logits_rows(&Tensor::cat(&lasts, 0)?)?
+                    .to_vec2::<f32>()?;
                 for (i, l) in ends.into_iter().zip(out) {
                     logits[i] = Some(l);
                 }
@@ -420,12 +425,13 @@ pub(crate) fn feed_rows(
             for i in members {
                 let session = &mut *rows[i];
                 if session.tokens_seen.is_multiple_of(POLICY_PERIOD) {
-                    let p = policies[i]
-                        .as_deref_mut()
-                        .ok_or(EngineError::PrefixReachesInvocation {
-                            tokens_seen: session.tokens_seen,
-                            len: 0,
-                        })?;
+                    let p =
+                        policies[i]
+                            .as_deref_mut()
+                            .ok_or(EngineError::PrefixReachesInvocation {
+                                tokens_seen: session.tokens_seen,
+                                len: 0,
+                            })?;
                     session.invoke(p)?;
                 }
             }

@@ -15,7 +15,8 @@ pub(crate) fn par_rows(y: &mut [f32], width: usize, row: impl Fn(usize, &mut [f3
         for r in range {
             // SAFETY: execute_chunked hands out disjoint ranges of rows, and `y` outlives the
             // call, so every element is written by exactly one thread.
-            let dst = unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(r * width), width) };
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(r * width), width) };
             row(r, dst);
         }
     });

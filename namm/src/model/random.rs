@@ -45,7 +45,10 @@ impl RandomShape {
     ];
 
     fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, s)| *s == self).map_or("", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("", |(n, _)| n)
     }
 
     fn dims(self) -> Dims {
@@ -149,7 +152,10 @@ impl RandomModel {
             )
         };
         let ones = |n: usize| -> candle_core::Result<QTensor> {
-            QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?, GgmlDType::F32)
+            QTensor::quantize(
+                &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?,
+                GgmlDType::F32,
+            )
         };
         let mut tensors = vec![("token_embd.weight".to_string(), matrix(d.vocab, d.hidden)?)];
         for i in 0..d.layers {
@@ -232,7 +238,9 @@ fn vocabulary(vocab: usize) -> (Vec<String>, Vec<i32>) {
 /// GPT-2's `bytes_to_unicode`: printable bytes stand for themselves, the others for the code
 /// points 256, 257, … in byte order. Indexed by byte value.
 fn byte_symbols() -> Vec<String> {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     let mut next = 256;
     (0..256u32)
         .map(|b| {
@@ -254,12 +262,24 @@ mod tests {
     #[test]
     fn specs_parse_and_print() {
         let m: RandomModel = "random:tiny".parse().unwrap();
-        assert_eq!(m, RandomModel { shape: RandomShape::Tiny, seed: 0 });
+        assert_eq!(
+            m,
+            RandomModel {
+                shape: RandomShape::Tiny,
+                seed: 0
+            }
+        );
         assert_eq!(m.to_string(), "random:tiny:seed=0");
         let m: RandomModel = "random:smollm2-135m:seed=7".parse().unwrap();
         assert_eq!(m.shape, RandomShape::Smollm2_135m);
         assert_eq!(m.seed, 7);
-        for bad in ["random:", "random:huge", "random:tiny:seed=-1", "random:tiny:depth=2", "tiny"] {
+        for bad in [
+            "random:",
+            "random:huge",
+            "random:tiny:seed=-1",
+            "random:tiny:depth=2",
+            "tiny",
+        ] {
             let e = bad.parse::<RandomModel>().unwrap_err();
             assert_eq!(e.spec, bad, "{e}");
         }
@@ -278,8 +298,14 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_bytes() {
-        let a = RandomModel { shape: RandomShape::Tiny, seed: 3 };
-        let b = RandomModel { shape: RandomShape::Tiny, seed: 4 };
+        let a = RandomModel {
+            shape: RandomShape::Tiny,
+            seed: 3,
+        };
+        let b = RandomModel {
+            shape: RandomShape::Tiny,
+            seed: 4,
+        };
         assert_eq!(a.gguf_bytes().unwrap(), a.gguf_bytes().unwrap());
         assert_ne!(a.gguf_bytes().unwrap(), b.gguf_bytes().unwrap());
     }

@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::bam::{bam_scores, BamScratch, BamWeights};
+use super::baselines::Budget;
 use super::error::PolicyError;
 use super::features::{
     carry_decay, frame_weights, recency_row, spectrum_ema, SpectrumInput, Twiddles, FEATURE_DIM,
@@ -14,7 +15,6 @@ use super::features::{
 };
 use super::layout::BamLayout;
 use super::real::Real;
-use super::baselines::Budget;
 use super::select::capped_select;
 use super::{LayerView, MemoryPolicy, PolicyInputs};
 use crate::stats::NormStats;

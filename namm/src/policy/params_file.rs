@@ -9,10 +9,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::baselines::Budget;
 use super::error::PolicyError;
-use super::parse::parse_budget;
 use super::features::N_BINS;
 use super::layout::BamLayout;
 use super::namm::{NammPolicy, NormMode};
+use super::parse::parse_budget;
 use crate::stats::NormStats;
 
 /// Metadata key naming the file format; written on save, not required on load.

@@ -12,7 +12,8 @@ use super::namm::NammPolicy;
 use super::MemoryPolicy;
 
 /// Policies and their key=value parameters, as listed in error messages.
-pub const VALID_POLICIES: &str = "full, namm:PATH.safetensors[,budget=B], namm:default[,budget=B], \
+pub const VALID_POLICIES: &str =
+    "full, namm:PATH.safetensors[,budget=B], namm:default[,budget=B], \
      streaming[:budget=B,sinks=4], h2o[:budget=B,recent=0.5], \
      snapkv[:budget=B,window=32,kernel=7], tova[:budget=B], knorm[:budget=B,recent=0], \
      random[:budget=B,seed=0]";

@@ -107,7 +107,9 @@ mod tests {
     #[test]
     fn a_cap_evicts_below_threshold_tokens_first_and_never_keeps_more() {
         // head 0 has four tokens ≥ 0 (the newest included); a cap of 3 keeps its three best.
-        let s = [0.5f32, -1.0, 2.0, 0.1, 7.0, /* head 1 */ -0.1, -0.2, -0.3, -0.4, -9.0];
+        let s = [
+            0.5f32, -1.0, 2.0, 0.1, 7.0, /* head 1 */ -0.1, -0.2, -0.3, -0.4, -9.0,
+        ];
         let kept = capped_select(&s, 2, 5, Some(3));
         assert_eq!(kept, vec![vec![0, 2, 4], vec![0, 1, 4]]);
         // A cap above the threshold's count changes nothing.
