@@ -8,7 +8,7 @@ use crate::run::{now_unix_ms, unit_id, ActiveRun, Told};
 use crate::store::Store;
 use namm::spec::RunSpec;
 use namm_proto::{
-    EvalRecord, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind, WatchEvent,
+    EvalRecord, ItemResult, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind, WatchEvent,
     WorkUnit, WorkerInfo,
 };
 use std::collections::BTreeMap;
@@ -426,15 +426,12 @@ impl Coordinator {
             .unwrap_or_default();
         let eval = EvalRecord {
             key: Some(key),
+            fitness: unit_fitness(&req.items),
             items: req.items,
             worker_id: req.worker_id.clone(),
             worker_name,
             eval_seconds: req.eval_seconds,
             received_unix_ms: now_unix_ms(),
-            // proto3 does not store a field equal to its default, and -0.0 == 0.0: a stored
-            // -0.0 comes back as +0.0 after a restart. Telling the strategy +0.0 from the
-            // start keeps a resumed run bit for bit equal to an uninterrupted one.
-            fitness: if req.fitness == 0.0 { 0.0 } else { req.fitness },
             norm_stats: req.norm_stats,
         };
         self.store.put_eval(&eval)?;
@@ -512,6 +509,22 @@ pub fn status_name(status: i32) -> &'static str {
 
 pub fn not_found_run(run_id: u64) -> CoordError {
     CoordError::NotFound(format!("run_id = {run_id} names no run"))
+}
+
+/// A unit's fitness, computed here from its items rather than trusted from the worker:
+/// `namm::training::shard_fitness`. Benchmark runs rank candidates by the mean of these; NAMM
+/// runs score candidates from the items themselves (`namm::training::fitness`).
+fn unit_fitness(items: &[ItemResult]) -> f64 {
+    let scores: Vec<f64> = items.iter().map(|i| i.score).collect();
+    let f = namm::training::shard_fitness(&scores);
+    // proto3 does not store a field equal to its default, and -0.0 == 0.0: a stored -0.0 comes
+    // back as +0.0 after a restart. Telling the strategy +0.0 from the start keeps a resumed run
+    // bit for bit equal to an uninterrupted one.
+    if f == 0.0 {
+        0.0
+    } else {
+        f
+    }
 }
 
 fn unknown_worker(worker_id: &str) -> CoordError {

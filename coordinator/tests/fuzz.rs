@@ -105,7 +105,7 @@ struct Mangle {
     key: u8,
     delta: u32,
     items: u8,
-    fitness: f64,
+    score: f64,
     eval_seconds: f64,
 }
 
@@ -127,14 +127,14 @@ fn mangle() -> impl Strategy<Value = Mangle> {
         prop_oneof![any::<f64>(), 0.0..1.0f64],
     )
         .prop_map(
-            |(unit, worker, lease, key, delta, items, fitness, eval_seconds)| Mangle {
+            |(unit, worker, lease, key, delta, items, score, eval_seconds)| Mangle {
                 unit,
                 worker,
                 lease,
                 key,
                 delta,
                 items,
-                fitness,
+                score,
                 eval_seconds,
             },
         )
@@ -153,7 +153,7 @@ fn report_for(m: &Mangle, units: &[WorkUnit], workers: &[String]) -> ReportReque
     }
     let item = |id: &str| ItemResult {
         item_id: id.into(),
-        score: m.fitness,
+        score: m.score,
         extra: Default::default(),
     };
     ReportRequest {
@@ -175,7 +175,6 @@ fn report_for(m: &Mangle, units: &[WorkUnit], workers: &[String]) -> ReportReque
             _ => vec![item("bogus")],
         },
         eval_seconds: m.eval_seconds,
-        fitness: m.fitness,
         norm_stats: None,
     }
 }
@@ -265,7 +264,6 @@ proptest! {
                     extra: Default::default(),
                 }],
                 eval_seconds: 0.0,
-                fitness: -1.0,
                 norm_stats: None,
             });
             prop_assert!(r.map(|r| r.accepted).unwrap_or(false));

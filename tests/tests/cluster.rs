@@ -321,7 +321,6 @@ fn malformed_input_gets_clear_errors_and_coordinator_keeps_serving() {
             worker_id: worker_id.clone(),
             lease_id: lease_id.into(),
             key: Some(key),
-            fitness: items.first().map_or(f64::NAN, |i| i.score),
             norm_stats: None,
             items,
             eval_seconds: 0.0,

@@ -108,7 +108,6 @@ fn valid_request(path: &str) -> Vec<u8> {
                 extra: HashMap::from([("k".into(), 2.0)]),
             }],
             eval_seconds: 0.5,
-            fitness: -1.5,
             norm_stats: None,
         }
         .encode_to_vec(),
@@ -348,7 +347,6 @@ fn malformed_frames_specs_and_foreign_reports_never_stop_a_run() {
             key: unit.key,
             items: vec![ItemResult { item_id: unit.item_ids[0].clone(), score: 0.0, extra: Default::default() }],
             eval_seconds: 0.1,
-            fitness: 0.0,
             norm_stats: None,
         };
         let e = w.report(foreign).await.expect_err("a foreign report was accepted");
@@ -471,7 +469,6 @@ fn load_64_concurrent_workers_complete_every_unit_exactly_once() {
                                     extra: Default::default(),
                                 }],
                                 eval_seconds: 0.001,
-                                fitness: f,
                                 norm_stats: None,
                             })
                             .await

@@ -112,14 +112,6 @@ pub fn evaluate(unit: &WorkUnit) -> Vec<ItemResult> {
         .collect()
 }
 
-/// A shard's fitness as the worker reports it: the mean score of its items
-/// (`namm::training::shard_fitness`). Benchmark runs rank candidates by it; NAMM runs compute
-/// each candidate's fitness from the items with `namm::training::fitness`.
-pub fn shard_fitness(items: &[ItemResult]) -> f64 {
-    let scores: Vec<f64> = items.iter().map(|i| i.score).collect();
-    namm::training::shard_fitness(&scores)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +137,6 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].item_id, "sphere");
         assert_eq!(items[0].score, -5.0);
-        assert_eq!(shard_fitness(&items), -5.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod evaluate;
 #[cfg(feature = "engine")]
 pub mod llm;
 
-pub use evaluate::{evaluate, evaluate_units, shard_fitness, UnitOutcome};
+pub use evaluate::{evaluate, evaluate_units, UnitOutcome};
 
 use auth::{AuthChannel, ClientAuth};
 use namm_proto::worker_service_client::WorkerServiceClient;
@@ -357,7 +357,6 @@ async fn report(
 ) -> Option<SessionEnd> {
     let unit_id = unit.unit_id;
     let lease_log = unit.lease_id.clone();
-    let fitness = shard_fitness(&outcome.items);
     let reporting = Instant::now();
     let r = client
         .report(ReportRequest {
@@ -366,7 +365,6 @@ async fn report(
             key: unit.key,
             items: outcome.items,
             eval_seconds,
-            fitness,
             norm_stats: outcome.norm_stats.map(|s| namm_proto::NormStats {
                 mean: s.mean,
                 var: s.var,
@@ -383,7 +381,6 @@ async fn report(
                     lease = %lease_log,
                     eval_ms = (eval_seconds * 1e3) as u64,
                     report_ms = reporting.elapsed().as_millis() as u64,
-                    fitness,
                     "unit done"
                 );
             } else {
