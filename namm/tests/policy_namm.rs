@@ -219,7 +219,7 @@ fn heads_on_threads_compute_exactly_what_one_thread_computes() {
 }
 
 /// The shipped trained NAMM (`assets/namm-smollm2-135m.safetensors`) loads as `namm:default`,
-/// with frozen statistics and where it came from.
+/// with frozen statistics, where it came from and the budget it applies.
 #[test]
 fn the_shipped_namm_loads_as_default() {
     let path = std::path::Path::new(concat!(
@@ -242,7 +242,12 @@ fn the_shipped_namm_loads_as_default() {
         file.metadata.get("model_sha256").map(String::as_str),
         Some(namm::spec::DEFAULT_MODEL_SHA256)
     );
+    assert!(
+        file.budget().unwrap().is_some(),
+        "the shipped NAMM records the budget it was trained at"
+    );
     let policy = parse_policy("namm:default").unwrap();
     assert!(policy.name().starts_with("namm:"), "{}", policy.name());
+    assert!(policy.name().contains(",budget="), "{}", policy.name());
     assert!(policy.inputs().attention);
 }
