@@ -10,26 +10,34 @@ import pathlib
 import sys
 
 
-def policy_family(name):
-    """`snapkv:budget=0.25` -> `snapkv`; a NAMM of any file -> `namm`."""
-    return name.split(":", 1)[0]
+def row_name(policy):
+    """`snapkv:budget=0.25` -> `snapkv`; a NAMM keeps its file: `namm:assets/x.safetensors`."""
+    family, _, rest = policy.partition(":")
+    if family == "namm":
+        return "namm:" + rest.split(",budget=")[0]
+    return family
 
 
 def load(folder):
-    """{budget: {task: {family: result}}} from every `*-budget-B.json` in the folder."""
+    """{budget: {task: {row: result}}} from every `*-budget-B.json` in the folder."""
     tables = {}
     for path in sorted(pathlib.Path(folder).glob("*-budget-*.json")):
         budget = path.stem.rsplit("-budget-", 1)[1]
-        for result in json.loads(path.read_text())["results"]:
+        report = json.loads(path.read_text())
+        for result in report["results"]:
+            result["seed"] = report["seed"]
             by_task = tables.setdefault(budget, {}).setdefault(result["task"], {})
-            by_task[policy_family(result["policy"])] = result
+            by_task[row_name(result["policy"])] = result
     return tables
 
 
 def print_table(budget, by_task):
     tasks = list(by_task)
-    families = list(next(iter(by_task.values())))
-    print(f"\nBudget {budget} (task seed 1; score, NAMM's kept fraction in brackets)\n")
+    families = []
+    for rows in by_task.values():
+        families += [f for f in rows if f not in families]
+    seeds = sorted({r["seed"] for rows in by_task.values() for r in rows.values()})
+    print(f"\nBudget {budget}, task seed {seeds}: score (a NAMM's kept fraction)\n")
     print("| policy | " + " | ".join(tasks) + " | mean ratio to full |")
     print("|---|" + "--:|" * (len(tasks) + 1))
     for family in families:
@@ -40,10 +48,10 @@ def print_table(budget, by_task):
                 cells.append("")
                 continue
             cell = f"{r['score']:.1f}"
-            if family == "namm":
+            if family.startswith("namm:"):
                 cell += f" ({r['mean_kept_fraction']:.3f})"
             cells.append(cell)
-            full = by_task[task]["full"]["score"]
+            full = by_task[task].get("full", {}).get("score", 0)
             if full > 0:
                 ratios.append(r["score"] / full)
         ratio = f"{sum(ratios) / len(ratios):.2f}" if ratios else ""

@@ -41,7 +41,9 @@ POLICY SPECS  NAME[:KEY=VALUE,...]
 
 COLUMNS  score: 100 x mean per-sample score; kept: mean fraction of the sequence's tokens
   the cache holds at the end; peak KV: largest live K/V size (f32); prefill and decode
-  tokens per second (the shared prompt prefix's time counted for every policy).";
+  tokens per second (the shared prompt prefix's time counted for every policy); answer
+  logp (--answer-likelihood): mean log-probability per token of the gold answer, teacher-forced
+  under the policy, '-' without the flag.";
 
 /// Runs memory policies on the same task prompts and compares score, cache size and speed.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,6 +82,11 @@ pub struct EvalArgs {
     /// first policy invocation (same results, slower)
     #[arg(long)]
     pub no_prefix_reuse: bool,
+    /// Also teacher-force each sample's gold answer under every policy (no decoding) and report
+    /// its mean log-probability per token: the likelihood fitness's measure (column `answer logp`,
+    /// `answer_logprob` in --json). One more pass over each prompt per policy
+    #[arg(long)]
+    pub answer_likelihood: bool,
 }
 
 fn parse_task(s: &str) -> std::result::Result<TaskSpec, String> {
@@ -144,6 +151,7 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
     let opts = EvalOptions {
         prefix_reuse: !args.no_prefix_reuse,
         batch: args.batch as usize,
+        answer_likelihood: args.answer_likelihood,
     };
     let mut evaluations: Vec<TaskEvaluation> = Vec::with_capacity(tasks.len());
     let mut done = 0usize;
@@ -228,7 +236,7 @@ fn resolve_model(path: &Path) -> PathBuf {
 }
 
 fn print_table(evaluations: &[TaskEvaluation]) {
-    let rows: Vec<[String; 8]> = evaluations
+    let rows: Vec<[String; 9]> = evaluations
         .iter()
         .flat_map(|e| &e.policies)
         .map(|p| {
@@ -241,6 +249,8 @@ fn print_table(evaluations: &[TaskEvaluation]) {
                 format!("{:.2}", p.peak_kv_mib),
                 format!("{:.0}", p.prefill_tokens_per_sec),
                 format!("{:.1}", p.decode_tokens_per_sec),
+                p.mean_answer_logprob
+                    .map_or_else(|| "-".to_string(), |l| format!("{l:.3}")),
             ]
         })
         .collect();
@@ -253,6 +263,7 @@ fn print_table(evaluations: &[TaskEvaluation]) {
         "peak KV MiB",
         "prefill tok/s",
         "decode tok/s",
+        "answer logp",
     ];
     let mut widths = header.map(str::len);
     for row in &rows {

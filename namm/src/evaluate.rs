@@ -38,6 +38,9 @@ pub struct EvalOptions {
     /// Policies of one sample run as rows of one batch, this many at a time (1: one after
     /// another). The results are identical either way.
     pub batch: usize,
+    /// Also teacher-force each sample's gold answer under every policy and record its mean
+    /// log-probability per token (the likelihood fitness's measure), one more pass per policy.
+    pub answer_likelihood: bool,
 }
 
 impl Default for EvalOptions {
@@ -45,6 +48,7 @@ impl Default for EvalOptions {
         Self {
             prefix_reuse: true,
             batch: 1,
+            answer_likelihood: false,
         }
     }
 }
@@ -251,7 +255,11 @@ impl Evaluator {
                 .collect();
             let (batch, fork_secs) = self.run_batch(rows)?;
             reuse.fork_secs += fork_secs;
-            for result in batch {
+            for (mut result, policy) in batch.into_iter().zip(group.iter_mut()) {
+                if opts.answer_likelihood {
+                    let answer = self.score_answer(&prepared, policy.as_mut())?;
+                    result.answer_logprob = Some(answer.mean_logprob());
+                }
                 on_result(&result);
                 results.push(result);
             }
@@ -465,6 +473,7 @@ impl Evaluator {
             decode_secs: s.decode_secs,
             policy_secs: s.policy_secs,
             decode_steps: s.decode_steps,
+            answer_logprob: None,
         })
     }
 }

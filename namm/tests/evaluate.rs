@@ -48,11 +48,14 @@ fn samples() -> &'static Vec<(String, Vec<Sample>)> {
 }
 
 fn run(prefix_reuse: bool) -> Vec<TaskEvaluation> {
-    let mut policies = policies();
-    let opts = EvalOptions {
+    run_with(EvalOptions {
         prefix_reuse,
         ..EvalOptions::default()
-    };
+    })
+}
+
+fn run_with(opts: EvalOptions) -> Vec<TaskEvaluation> {
+    let mut policies = policies();
     samples()
         .iter()
         .map(|(task, samples)| {
@@ -265,4 +268,33 @@ fn bad_inputs_are_named_errors() {
         assert!(err.to_string().contains(spec), "{err}");
     }
     assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+}
+
+/// `answer_likelihood` adds the gold answer's teacher-forced log-probability to every result
+/// and leaves the generations as they were; a passkey the model copies correctly with the full
+/// cache is a likely continuation (above e^-1 per token on average).
+#[test]
+fn answer_likelihood_scores_the_gold_answer_beside_each_generation() {
+    let scored = run_with(EvalOptions {
+        answer_likelihood: true,
+        ..EvalOptions::default()
+    });
+    for (with, without) in scored.iter().zip(reference()) {
+        for (p, q) in with.policies.iter().zip(&without.policies) {
+            let logps: Vec<f64> = p.results.iter().map(|r| r.answer_logprob.unwrap()).collect();
+            assert!(logps.iter().all(|l| l.is_finite() && *l <= 0.0), "{logps:?}");
+            let mean = logps.iter().sum::<f64>() / logps.len() as f64;
+            assert!((p.mean_answer_logprob.unwrap() - mean).abs() < 1e-12);
+            assert!(q.mean_answer_logprob.is_none());
+            for (r, s) in p.results.iter().zip(&q.results) {
+                assert_eq!(outcome(r), outcome(s));
+            }
+        }
+    }
+    let mut answered = 0;
+    for r in results_of(&scored, "full").filter(|r| r.score == 1.0) {
+        assert!(r.answer_logprob.unwrap() > -1.0, "{}: {:?}", r.id, r.answer_logprob);
+        answered += 1;
+    }
+    assert!(answered > 0, "the full cache answers some passkey prompt");
 }

@@ -42,6 +42,10 @@ pub struct SampleResult {
     pub policy_secs: f64,
     /// Decode steps behind `decode_tokens_per_sec`.
     pub decode_steps: usize,
+    /// With `EvalOptions::answer_likelihood`: the gold answer's mean log-probability per token,
+    /// teacher-forced after the prompt under the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_logprob: Option<f64>,
 }
 
 /// The aggregate of one policy over the samples of one task.
@@ -60,6 +64,9 @@ pub struct PolicyEvaluation {
     pub prefill_tokens_per_sec: f64,
     /// Total decode steps over total decode seconds.
     pub decode_tokens_per_sec: f64,
+    /// Mean over samples of `SampleResult::answer_logprob`, where every sample has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_answer_logprob: Option<f64>,
     pub results: Vec<SampleResult>,
 }
 
@@ -86,6 +93,12 @@ impl PolicyEvaluation {
             peak_kv_mib: results.iter().map(|r| r.peak_kv_bytes).max().unwrap_or(0) as f64 / MIB,
             prefill_tokens_per_sec: rate(prompt_tokens, prefill_secs),
             decode_tokens_per_sec: rate(decode_steps, decode_secs),
+            mean_answer_logprob: results
+                .iter()
+                .map(|r| r.answer_logprob)
+                .sum::<Option<f64>>()
+                .filter(|_| n > 0)
+                .map(|sum| sum / n as f64),
             results,
         }
     }
