@@ -8,8 +8,8 @@ use crate::run::{now_unix_ms, unit_id, ActiveRun, Told};
 use crate::store::Store;
 use namm::spec::RunSpec;
 use namm_proto::{
-    EvalRecord, ItemResult, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind, WatchEvent,
-    WorkUnit, WorkerInfo,
+    EvalRecord, ItemResult, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind,
+    WatchEvent, WorkUnit, WorkerInfo,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -281,8 +281,15 @@ fn answer_likelihood_scores_the_gold_answer_beside_each_generation() {
     });
     for (with, without) in scored.iter().zip(reference()) {
         for (p, q) in with.policies.iter().zip(&without.policies) {
-            let logps: Vec<f64> = p.results.iter().map(|r| r.answer_logprob.unwrap()).collect();
-            assert!(logps.iter().all(|l| l.is_finite() && *l <= 0.0), "{logps:?}");
+            let logps: Vec<f64> = p
+                .results
+                .iter()
+                .map(|r| r.answer_logprob.unwrap())
+                .collect();
+            assert!(
+                logps.iter().all(|l| l.is_finite() && *l <= 0.0),
+                "{logps:?}"
+            );
             let mean = logps.iter().sum::<f64>() / logps.len() as f64;
             assert!((p.mean_answer_logprob.unwrap() - mean).abs() < 1e-12);
             assert!(q.mean_answer_logprob.is_none());
@@ -293,7 +300,12 @@ fn answer_likelihood_scores_the_gold_answer_beside_each_generation() {
     }
     let mut answered = 0;
     for r in results_of(&scored, "full").filter(|r| r.score == 1.0) {
-        assert!(r.answer_logprob.unwrap() > -1.0, "{}: {:?}", r.id, r.answer_logprob);
+        assert!(
+            r.answer_logprob.unwrap() > -1.0,
+            "{}: {:?}",
+            r.id,
+            r.answer_logprob
+        );
         answered += 1;
     }
     assert!(answered > 0, "the full cache answers some passkey prompt");
