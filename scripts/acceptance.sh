@@ -30,7 +30,7 @@ done
 namm=(--policy "namm:$NAMM_FILE,budget=$BUDGET")
 namm_label=namm-$(basename "$NAMM_FILE" .safetensors)
 
-# eval TASK LABEL POLICY-ARGS...: one column of one policy set, skipped when already there
+# eval_column TASK LABEL POLICY-ARGS...: one column of one policy set, skipped when already there
 eval_column() {
   local task=$1 label=$2
   shift 2
