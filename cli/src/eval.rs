@@ -57,14 +57,14 @@ pub struct EvalArgs {
     /// A task spec, e.g. `passkey:len=1024` (repeatable; see the syntax below)
     #[arg(long = "task", value_name = "SPEC", default_value = "passkey", value_parser = parse_task)]
     pub tasks: Vec<TaskSpec>,
-    /// Samples per task (indices 0..N)
-    #[arg(long, default_value_t = 10)]
+    /// Samples per task (indices 0..N); a LongBench file must hold at least N records
+    #[arg(long, default_value_t = 10, value_parser = parse_samples)]
     pub samples: usize,
     /// Seed of the task generators
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A memory policy spec, e.g. `h2o:budget=0.25` (repeatable; see the syntax below)
-    #[arg(long = "policy", value_name = "SPEC", default_value = "full")]
+    #[arg(long = "policy", value_name = "SPEC", default_value = "full", value_parser = check_policy)]
     pub policies: Vec<String>,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]
@@ -95,6 +95,53 @@ fn parse_task(s: &str) -> std::result::Result<TaskSpec, String> {
 
 fn parse_format(s: &str) -> std::result::Result<WeightFormat, String> {
     s.parse::<WeightFormat>()
+}
+
+/// A policy spec that parses (the policy itself is built again for the run: they hold state).
+fn check_policy(s: &str) -> std::result::Result<String, String> {
+    parse_policy(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e:#}"))
+}
+
+fn parse_samples(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_SAMPLES).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: give a count from 1 to {MAX_SAMPLES}")),
+    }
+}
+
+const MAX_SAMPLES: usize = 1_000_000;
+
+/// Refuses, before any prompt is built, a task whose prompts cannot fit the model's context.
+fn check_lengths(tasks: &[TaskSpec], context: usize) -> Result<()> {
+    for spec in tasks {
+        if let Some(len) = spec.prompt_len().filter(|&len| len > context) {
+            anyhow::bail!(
+                "--task {spec}: prompts of {len} tokens do not fit the model's context of \
+                 {context} tokens"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The samples of `task`, refusing a file with fewer records than asked for.
+fn task_samples_of(
+    evaluator: &Evaluator,
+    task: &namm::tasks::Task,
+    seed: u64,
+    count: usize,
+) -> Result<Vec<namm::tasks::Sample>> {
+    let samples = evaluator.samples(task, seed, count)?;
+    if samples.len() < count {
+        anyhow::bail!(
+            "--task {}: holds {} samples, fewer than --samples {count}",
+            task.spec(),
+            samples.len()
+        );
+    }
+    Ok(samples)
 }
 
 /// The JSON document `--json` prints.
@@ -130,10 +177,11 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
     let source = model_source(&args.model)?;
     tracing::info!(model = %source, format = %args.format, device = %args.device, "loading the model");
     let evaluator = Evaluator::load_source(&source, &device, args.format)?;
+    check_lengths(&args.tasks, evaluator.model().config().context_length)?;
 
     let mut task_samples = Vec::with_capacity(tasks.len());
     for task in &tasks {
-        task_samples.push(evaluator.samples(task, args.seed, args.samples)?);
+        task_samples.push(task_samples_of(&evaluator, task, args.seed, args.samples)?);
     }
     let total: usize = task_samples.iter().map(Vec::len).sum::<usize>() * policies.len();
     let bar = std::io::stderr().is_terminal().then(|| {

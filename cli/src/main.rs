@@ -60,6 +60,13 @@ struct Cli {
     /// Connect over TLS, trusting the CA (or self-signed certificate) in this PEM file.
     #[arg(long, global = true, value_name = "PEM")]
     tls_ca: Option<PathBuf>,
+    /// Longest wait for a connection to the coordinator, in seconds.
+    #[arg(long, global = true, default_value = "5", value_name = "SECS", value_parser = namm_worker::auth::parse_timeout)]
+    connect_timeout: std::time::Duration,
+    /// Longest wait for the coordinator's answer to one request, in seconds (`watch` waits
+    /// this long for the stream to open, then follows it for as long as the run lasts).
+    #[arg(long, global = true, default_value = "30", value_name = "SECS", value_parser = namm_worker::auth::parse_timeout)]
+    request_timeout: std::time::Duration,
     /// Print JSON for scripts.
     #[arg(long, global = true, conflicts_with = "csv")]
     json: bool,
@@ -160,6 +167,10 @@ async fn main() -> anyhow::Result<()> {
     let auth = namm_worker::auth::ClientAuth {
         token: namm_worker::auth::resolve_token(cli.token, cli.token_file.as_deref())?,
         tls_ca: cli.tls_ca,
+        timeouts: namm_worker::auth::Timeouts {
+            connect: cli.connect_timeout,
+            request: cli.request_timeout,
+        },
     };
     let mut source = Source::open(cli.coordinator.as_deref(), cli.db.as_deref(), &auth).await?;
     use ClusterCommand as C;

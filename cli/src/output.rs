@@ -140,6 +140,7 @@ pub fn run_json(r: &RunRecord) -> Value {
         "name": r.name,
         "status": status_name(r.status),
         "stop_reason": r.stop_reason,
+        "waiting": r.waiting,
         "objective": r.objective,
         "dim": r.dim,
         "population": r.population,
@@ -239,7 +240,10 @@ pub fn runs_table(runs: &[RunRecord], format: Format) -> Table {
         t.row(vec![
             r.run_id.to_string(),
             r.name.clone(),
-            status_name(r.status).to_string(),
+            match r.waiting.as_str() {
+                "" => status_name(r.status).to_string(),
+                w => format!("{} (waiting: {w})", status_name(r.status)),
+            },
             r.objective.clone(),
             r.population.to_string(),
             r.generations_done.to_string(),

@@ -36,7 +36,12 @@ impl Source {
             .with_context(|| format!("--coordinator {addr:?}"))?
             .connect()
             .await
-            .with_context(|| format!("cannot reach the coordinator at {addr}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot reach the coordinator at {addr} (start one with `namm-coord start`, \
+                     or pass --coordinator HOST:PORT, or --db DIR to read a stopped one's database)"
+                )
+            })?;
         Ok(Source::Remote(
             RunServiceClient::new(auth.wrap(channel))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -120,8 +125,16 @@ impl Source {
 /// Unwraps a gRPC answer; an error status becomes "<code>: <message>" without tonic's
 /// metadata dump.
 pub fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
-    r.map(tonic::Response::into_inner)
-        .map_err(|s| anyhow::anyhow!("coordinator: {:?}: {}", s.code(), s.message()))
+    r.map(tonic::Response::into_inner).map_err(|s| {
+        if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout expired") {
+            anyhow::anyhow!(
+                "coordinator: no answer within --request-timeout; is it a namm coordinator, \
+                 and is it overloaded?"
+            )
+        } else {
+            anyhow::anyhow!("coordinator: {:?}: {}", s.code(), s.message())
+        }
+    })
 }
 
 /// Copies a database directory, without the strategy states (hundreds of MB for a NAMM run;

@@ -32,8 +32,17 @@ pub async fn watch(
         Format::Json => {}
     }
     let mut last_run = None;
+    let mut waiting = String::new();
     while let Some(ev) = stream.next().await {
         let ev = ev.map_err(|s| anyhow::anyhow!("coordinator: {:?}: {}", s.code(), s.message()))?;
+        // On stderr, so that stdout's rows stay uniform for scripts.
+        if let Some(run) = ev.run.as_ref().filter(|r| r.waiting != waiting) {
+            waiting.clone_from(&run.waiting);
+            match waiting.as_str() {
+                "" => eprintln!("run {run_id}: a worker that can take it is connected"),
+                w => eprintln!("run {run_id} waiting: {w}"),
+            }
+        }
         if let Some(g) = &ev.generation {
             match format {
                 // One JSON object per line, so a script can follow the stream.

@@ -264,6 +264,15 @@ impl LeaseBook {
         }
     }
 
+    /// Whether a worker heard from within one TTL holds the model with this sha256.
+    pub fn serves_model(&self, sha256: &str) -> bool {
+        let now = Instant::now();
+        self.workers.values().any(|w| {
+            now.duration_since(w.last_seen) < self.ttl
+                && w.info.model_sha256.iter().any(|m| m == sha256)
+        })
+    }
+
     /// (workers heard from within one TTL, workers known).
     pub fn worker_counts(&self) -> (usize, usize) {
         let now = Instant::now();

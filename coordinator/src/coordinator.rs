@@ -11,7 +11,7 @@ use namm_proto::{
     EvalRecord, ItemResult, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind,
     WatchEvent, WorkUnit, WorkerInfo,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
@@ -157,6 +157,45 @@ impl Coordinator {
         models.sort();
         models.dedup();
         models
+    }
+
+    /// Why the running run `run_id` cannot progress now, or "" when nothing is known to
+    /// stop it: its units need a model no live worker holds.
+    pub fn waiting(&self, run_id: u64) -> String {
+        let inner = self.lock();
+        match inner.runs.get(&run_id) {
+            Some(run) if run.is_running() => match run.model_sha256() {
+                Some(sha) if !inner.book.serves_model(sha) => {
+                    format!("no worker has model {sha}")
+                }
+                _ => String::new(),
+            },
+            _ => String::new(),
+        }
+    }
+
+    /// `run` with its [`Coordinator::waiting`] reason filled in.
+    pub fn annotated(&self, mut run: RunRecord) -> RunRecord {
+        run.waiting = self.waiting(run.run_id);
+        run
+    }
+
+    /// Logs each running run's waiting reason when it appears or clears; `last` holds what
+    /// the previous call saw.
+    pub fn log_waiting(&self, last: &mut HashMap<u64, String>) {
+        let ids: Vec<u64> = self.lock().runs.keys().copied().collect();
+        for id in ids {
+            let now = self.waiting(id);
+            let before = last.insert(id, now.clone()).unwrap_or_default();
+            if now == before {
+                continue;
+            }
+            if now.is_empty() {
+                tracing::info!(run = id, "a worker that can take the run is connected");
+            } else {
+                tracing::warn!(run = id, "waiting: {now}");
+            }
+        }
     }
 
     pub fn lease_ttl(&self) -> Duration {

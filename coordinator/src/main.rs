@@ -51,10 +51,11 @@ enum Command {
         )]
         model: PathBuf,
         /// A lease not renewed by a heartbeat for this long goes back to the queue.
-        #[arg(long, default_value_t = 10_000, value_name = "MS")]
+        #[arg(long, default_value_t = 10_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
         lease_ttl_ms: u64,
-        /// Longest a unit stays with one worker, heartbeats or not.
-        #[arg(long, default_value_t = 3_600_000, value_name = "MS")]
+        /// Longest a unit stays with one worker, heartbeats or not (at least 1 s: a unit takes
+        /// seconds to evaluate).
+        #[arg(long, default_value_t = 3_600_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1000..=604_800_000))]
         max_lease_ms: u64,
         /// Exit once no run is in flight (for scripts and tests).
         #[arg(long)]

@@ -22,6 +22,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Largest gRPC message accepted: requests are small (a report, a run spec of at most
 /// `namm::spec::MAX_SPEC_BYTES`), so anything bigger is refused before it is buffered.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// How often the log says which runs wait for a worker that can take them (on change only).
+const WAITING_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// PEM files of the coordinator's TLS certificate (chain) and private key.
 pub struct TlsFiles {
@@ -116,9 +118,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let period = (opts.lease_ttl / 10).max(Duration::from_millis(20));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
+            let mut waiting = std::collections::HashMap::new();
+            let mut last_check = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 coord.expire_leases();
+                // Local workers take a few seconds to load the model: not worth a warning.
+                if last_check.elapsed() >= WAITING_LOG_PERIOD {
+                    coord.log_waiting(&mut waiting);
+                    last_check = std::time::Instant::now();
+                }
             }
         })
     };
@@ -143,6 +152,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 // A self-signed certificate is its own CA; with a CA-issued one, local workers
                 // need that CA in the system's trust store's place, which they do not read.
                 tls_ca: opts.tls.as_ref().map(|t| t.cert.clone()),
+                timeouts: Default::default(),
             },
             ..namm_worker::WorkerConfig::default()
         };
@@ -168,6 +178,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     }
                 } => tracing::info!("no run left in flight; exiting (--exit-when-done)"),
             }
+            // Local workers hand their units back while the server still answers.
+            stop_local_workers(stop_tx, locals, children).await;
             coord.close();
         }
     };
@@ -199,13 +211,6 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("gRPC server failed")?;
 
-    let _ = stop_tx.send(true);
-    for l in locals {
-        let _ = l.await;
-    }
-    for mut c in children {
-        stop_child(&mut c).await;
-    }
     reaper.abort();
     if let Some(m) = metrics {
         m.abort();
@@ -269,6 +274,7 @@ fn spawn_worker_process(
         .arg(format!("local-{i}"))
         .arg("--model")
         .arg(&opts.model)
+        .arg("--exit-with-parent")
         .kill_on_drop(true);
     match &opts.token {
         Some(t) => cmd.env("NAMM_TOKEN", t),
@@ -282,6 +288,24 @@ fn spawn_worker_process(
         .with_context(|| format!("cannot start {}", exe.display()))?;
     tracing::info!(worker = %format!("local-{i}"), pid = child.id(), model = %opts.model.display(), "local worker process started");
     Ok(child)
+}
+
+/// Stops the in-process local workers and the local worker processes, each handing back the
+/// units it holds.
+async fn stop_local_workers(
+    stop: tokio::sync::watch::Sender<bool>,
+    locals: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    children: Vec<tokio::process::Child>,
+) {
+    let _ = stop.send(true);
+    for l in locals {
+        if let Ok(Err(e)) = l.await {
+            tracing::warn!(error = %format!("{e:#}"), "local worker failed");
+        }
+    }
+    for mut c in children {
+        stop_child(&mut c).await;
+    }
 }
 
 /// Asks a local worker process to stop (it hands its units back) and waits briefly for it.

@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 
 /// Longest a `Lease` call may wait for work before answering empty.
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
+/// How often a watch stream looks whether its run is waiting for a worker.
+const WAITING_CHECK: Duration = Duration::from_secs(2);
 /// Longest worker name, device or version string kept in the worker table.
 const MAX_LABEL_BYTES: usize = 256;
 const MAX_MODELS: usize = 64;
@@ -115,6 +117,7 @@ impl RunService for Services {
 
     async fn list_runs(&self, _req: Request<ListRunsRequest>) -> Res<ListRunsResponse> {
         let runs = self.0.store.list_runs().map_err(CoordError::from)?;
+        let runs = runs.into_iter().map(|r| self.0.annotated(r)).collect();
         Ok(Response::new(ListRunsResponse { runs }))
     }
 
@@ -126,7 +129,9 @@ impl RunService for Services {
             .get_run(id)
             .map_err(CoordError::from)?
             .ok_or_else(|| not_found_run(id))?;
-        Ok(Response::new(GetRunResponse { run: Some(run) }))
+        Ok(Response::new(GetRunResponse {
+            run: Some(self.0.annotated(run)),
+        }))
     }
 
     async fn list_generations(
@@ -184,6 +189,7 @@ impl RunService for Services {
             None => Vec::new(),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let coord = self.0.clone();
         tokio::spawn(async move {
             let mut next = r.from_generation.unwrap_or(run.generations_done);
             for g in backlog {
@@ -199,18 +205,31 @@ impl RunService for Services {
             if run.status != RunStatus::Running as i32 {
                 return;
             }
+            // A run-only event whenever the run's waiting reason changes, the first at once.
+            let mut waiting = String::new();
+            let mut check = tokio::time::interval(WAITING_CHECK);
             loop {
                 let received = tokio::select! {
                     r = live.recv() => r,
                     // The coordinator is stopping: end the stream so the server can drain.
                     _ = closing.wait_for(|c| *c) => return,
+                    _ = check.tick() => {
+                        let run = coord.annotated(run.clone());
+                        if run.waiting == waiting {
+                            continue;
+                        }
+                        Ok(WatchEvent { generation: None, run: Some(run) })
+                    }
                 };
                 match received {
-                    Ok(ev) => {
-                        let Some(run) = ev.run.as_ref().filter(|r| r.run_id == id) else {
+                    Ok(mut ev) => {
+                        let Some(run) = ev.run.take().filter(|r| r.run_id == id) else {
                             continue;
                         };
+                        let run = coord.annotated(run);
+                        waiting.clone_from(&run.waiting);
                         let running = run.status == RunStatus::Running as i32;
+                        ev.run = Some(run);
                         let fresh = ev.generation.as_ref().is_none_or(|g| g.generation >= next);
                         if let Some(g) = &ev.generation {
                             next = next.max(g.generation + 1);

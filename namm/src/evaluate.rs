@@ -79,18 +79,20 @@ impl Evaluator {
             path: path.clone(),
             source: Box::new(source),
         };
-        let tokenizer_err = |source| EvalError::Tokenizer {
-            path: path.clone(),
-            source,
-        };
         match source {
             ModelSource::File(file) => {
+                if file.is_dir() {
+                    return Err(EvalError::ModelIsDirectory { path });
+                }
                 if !file.is_file() {
                     return Err(EvalError::ModelMissing { path });
                 }
                 // Checks the header against the file length: a truncated download is named
                 // here, before any tensor is read.
-                let content = read_gguf_content(file).map_err(tokenizer_err)?;
+                let content = read_gguf_content(file).map_err(|source| EvalError::ModelFile {
+                    path: path.clone(),
+                    source,
+                })?;
                 let (tokenizer, add_bos) = tokenizer_of(&path, &content)?;
                 let model = Model::load(file, device, format).map_err(model_err)?;
                 Ok(Self::new(model, tokenizer, add_bos))

@@ -10,7 +10,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
-/// How a client reaches the coordinator securely.
+/// How a client reaches the coordinator: securely, and without waiting forever on a peer
+/// that accepts connections but never answers.
 #[derive(Debug, Clone, Default)]
 pub struct ClientAuth {
     /// Shared secret; None sends no `authorization` header.
@@ -18,6 +19,36 @@ pub struct ClientAuth {
     /// PEM file of the CA (or self-signed certificate) that signed the coordinator's TLS
     /// certificate; Some switches the connection to TLS.
     pub tls_ca: Option<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+/// Limits on every call to the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// From sending a request to its answer's headers (a stream's later messages are not
+    /// bounded: `namm watch` follows a run for as long as it lasts).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `SECS` of a timeout flag: a positive number of seconds, at most a day.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{s:?} is not a timeout: give seconds, more than 0 and at most 86400"
+        )),
+    }
 }
 
 /// The token from `--token` (or env `NAMM_TOKEN`, which clap folds into the same flag) or
@@ -79,7 +110,8 @@ impl ClientAuth {
         };
         let mut endpoint = Endpoint::from_shared(url.clone())
             .with_context(|| format!("coordinator address {addr:?} is not valid"))?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(self.timeouts.connect)
+            .timeout(self.timeouts.request)
             .tcp_nodelay(true);
         if let Some(ca) = &self.tls_ca {
             let pem = std::fs::read(ca)

@@ -11,6 +11,7 @@ pub mod llm;
 
 pub use evaluate::{evaluate, evaluate_units, UnitOutcome};
 
+use anyhow::Context;
 use auth::{AuthChannel, ClientAuth};
 use namm_proto::worker_service_client::WorkerServiceClient;
 use namm_proto::{
@@ -92,17 +93,15 @@ enum SessionEnd {
     Unreachable(tonic::Status),
 }
 
-/// Runs the worker until `shutdown` completes.
-pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
+/// Runs the worker until `shutdown` completes; fails at once when the coordinator address
+/// or TLS setup is unusable (an unreachable coordinator is retried, not an error).
+pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let url = cfg.coordinator.clone();
-    let endpoint = match cfg.auth.endpoint(&url) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(2)),
-        Err(e) => {
-            tracing::error!(coordinator = %url, error = %format!("{e:#}"), "cannot set up the connection");
-            return;
-        }
-    };
+    let endpoint = cfg
+        .auth
+        .endpoint(&url)
+        .with_context(|| format!("--coordinator {url:?}"))?;
     let client = WorkerServiceClient::new(cfg.auth.wrap(endpoint.connect_lazy()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
@@ -116,7 +115,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
         match end {
             SessionEnd::Shutdown => {
                 hand_back(client.clone(), &held).await;
-                return;
+                return Ok(());
             }
             SessionEnd::Forgotten => {
                 tracing::warn!("coordinator forgot this worker; registering again");
@@ -125,7 +124,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
             SessionEnd::Unreachable(status) if status.code() == Code::Unauthenticated => {
                 tracing::error!(coordinator = %url, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator refused this worker's token (check --token / NAMM_TOKEN / --token-file)");
                 tokio::select! {
-                    _ = &mut shutdown => return,
+                    _ = &mut shutdown => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -133,7 +132,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) {
             SessionEnd::Unreachable(status) => {
                 tracing::warn!(coordinator = %url, error = %status.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
                 tokio::select! {
-                    _ = &mut shutdown => return,
+                    _ = &mut shutdown => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);

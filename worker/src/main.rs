@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use namm::model::{ModelSource, WeightFormat};
-use namm_worker::auth::{resolve_token, ClientAuth};
+use namm_worker::auth::{parse_timeout, resolve_token, ClientAuth, Timeouts};
 use namm_worker::llm::Llm;
 use namm_worker::WorkerConfig;
 use std::path::PathBuf;
@@ -68,6 +68,16 @@ struct Cli {
     /// 512, identical for every candidate) are kept for the next candidates; ~70 MB each.
     #[arg(long, default_value_t = 32, value_name = "N")]
     prompt_cache: usize,
+    /// Longest wait for a connection to the coordinator, in seconds.
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_timeout)]
+    connect_timeout: Duration,
+    /// Longest wait for the coordinator's answer to one call, in seconds (a lease waits up to
+    /// 5 s for work); a call that times out counts as an unreachable coordinator and is retried.
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_timeout)]
+    request_timeout: Duration,
+    /// Stop when the process that started this one exits (local workers of `namm-coord`).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {
@@ -82,9 +92,25 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Read before the model loads: a parent that dies meanwhile is still noticed.
+    #[cfg(unix)]
+    let parent = std::os::unix::process::parent_id();
+    #[cfg(not(unix))]
+    let parent = 0;
     if cli.slots == 0 || cli.slots > 1024 {
         anyhow::bail!("--slots {}: must be between 1 and 1024", cli.slots);
     }
+    let auth = ClientAuth {
+        token: resolve_token(cli.token, cli.token_file.as_deref())?,
+        tls_ca: cli.tls_ca,
+        timeouts: Timeouts {
+            connect: cli.connect_timeout,
+            request: cli.request_timeout,
+        },
+    };
+    // A bad address fails before the model loads, not seconds later.
+    auth.endpoint(&cli.coordinator)
+        .with_context(|| format!("--coordinator {:?}", cli.coordinator))?;
     let llm = match &cli.model {
         Some(spec) => {
             let started = std::time::Instant::now();
@@ -101,21 +127,41 @@ fn main() -> anyhow::Result<()> {
         slots: cli.slots,
         max_batch: cli.batch as usize,
         eval_delay: Duration::from_millis(cli.eval_delay_ms),
-        auth: ClientAuth {
-            token: resolve_token(cli.token, cli.token_file.as_deref())?,
-            tls_ca: cli.tls_ca,
-        },
+        auth,
         llm,
     };
+    let exit_with_parent = cli.exit_with_parent;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(namm_worker::run(cfg, async {
-        stop_signal().await;
-        tracing::info!("signal received; handing back the units in hand");
+    let result = rt.block_on(namm_worker::run(cfg, async move {
+        tokio::select! {
+            _ = stop_signal() => tracing::info!("signal received; handing back the units in hand"),
+            _ = parent_exit(parent), if exit_with_parent => tracing::warn!("the coordinator that started this worker is gone; stopping"),
+        }
     }));
     // An evaluation of a handed-back unit may still be running on a blocking thread; its
     // result is no longer wanted, so the process does not wait for it.
     rt.shutdown_timeout(Duration::from_millis(500));
-    Ok(())
+    result
+}
+
+/// Completes once this process's parent has exited: a killed coordinator cannot stop its
+/// local workers itself, and each holds a model in memory.
+async fn parent_exit(parent: u32) {
+    #[cfg(unix)]
+    {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if std::os::unix::process::parent_id() != parent {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = parent;
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn stop_signal() {

@@ -15,6 +15,14 @@ pub enum EvalError {
          at a llama GGUF file"
     )]
     ModelMissing { path: PathBuf },
+    #[error("--model {path} is a directory; give the GGUF file in it")]
+    ModelIsDirectory { path: PathBuf },
+    #[error("model file {path} is not a usable GGUF file (a damaged or cut-short download? scripts/fetch-model.sh fetches the default model again)")]
+    ModelFile {
+        path: PathBuf,
+        #[source]
+        source: TokenizerError,
+    },
     #[error("loading the model {path}")]
     Model {
         path: PathBuf,

@@ -22,6 +22,9 @@ pub const VALID_POLICIES: &str =
 pub const DEFAULT_NAMM_PATH: &str = "assets/namm-smollm2-135m.safetensors";
 
 const DEFAULT_BUDGET: Budget = Budget::Fraction(0.25);
+/// Largest sink count, window or kernel a baseline takes: an eighth of the longest context
+/// the engine holds, already far more than any of them needs (StreamingLLM keeps 4 sinks).
+const MAX_COUNT: usize = 4096;
 
 /// Builds the policy a spec names.
 pub fn parse_policy(spec: &str) -> Result<Box<dyn MemoryPolicy>, PolicyError> {
@@ -151,12 +154,12 @@ pub fn parse_baseline(spec: &str, name: &str, params: &str) -> Result<Baseline, 
             return Ok(default);
         };
         match v.parse::<usize>() {
-            Ok(x) if x >= min => Ok(x),
+            Ok(x) if (min..=MAX_COUNT).contains(&x) => Ok(x),
             _ => Err(PolicyError::BadValue {
                 policy,
                 key,
                 value: v.into(),
-                reason: format!("expected an integer ≥ {min}"),
+                reason: format!("expected an integer from {min} to {MAX_COUNT}"),
             }),
         }
     };

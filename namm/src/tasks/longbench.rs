@@ -209,6 +209,17 @@ pub(super) fn load(spec: &LongBenchSpec) -> Result<Vec<LongBenchRecord>, TaskErr
         if line.trim().is_empty() {
             continue;
         }
+        if line.len() > MAX_RECORD_BYTES {
+            return Err(record_error(
+                &spec.path,
+                number + 1,
+                format!(
+                    "{} bytes; a record holds at most {MAX_RECORD_BYTES} (~2M tokens, beyond \
+                     any model's context)",
+                    line.len()
+                ),
+            ));
+        }
         let record = parse_record(&spec.path, number + 1, line)?;
         match (&spec.task, &record.dataset) {
             (Some(task), Some(dataset)) if task != dataset => continue,
@@ -303,6 +314,21 @@ fn fill_template(template: &str, context: &str, input: &str) -> String {
     out
 }
 
+/// Longest record line read: far more than any context holds, so a larger one is a mistake
+/// to report before it is parsed and tokenised.
+const MAX_RECORD_BYTES: usize = 8 << 20;
+
+/// A JSON value as an error message shows it: cut short, so that a wrong type in a
+/// megabyte-long field does not print the field.
+fn brief(value: &Value) -> String {
+    const MAX: usize = 80;
+    let text = value.to_string();
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
 fn record_error(path: &Path, line: usize, reason: String) -> TaskError {
     TaskError::Record {
         path: path.to_path_buf(),
@@ -327,7 +353,7 @@ fn parse_record(path: &Path, line: usize, text: &str) -> Result<LongBenchRecord,
             Some(other) => Err(record_error(
                 path,
                 line,
-                format!("field `{key}` must be a string, got {other}"),
+                format!("field `{key}` must be a string, got {}", brief(other)),
             )),
         }
     };
@@ -342,7 +368,7 @@ fn parse_record(path: &Path, line: usize, text: &str) -> Result<LongBenchRecord,
                     other => Err(record_error(
                         path,
                         line,
-                        format!("field `{key}` must hold strings, got {other}"),
+                        format!("field `{key}` must hold strings, got {}", brief(other)),
                     )),
                 })
                 .collect(),
@@ -353,7 +379,7 @@ fn parse_record(path: &Path, line: usize, text: &str) -> Result<LongBenchRecord,
             Some(other) => Err(record_error(
                 path,
                 line,
-                format!("field `{key}` must be a list, got {other}"),
+                format!("field `{key}` must be a list, got {}", brief(other)),
             )),
         }
     };
@@ -364,7 +390,10 @@ fn parse_record(path: &Path, line: usize, text: &str) -> Result<LongBenchRecord,
             return Err(record_error(
                 path,
                 line,
-                format!("field `length` must be a whole number, got {other}"),
+                format!(
+                    "field `length` must be a whole number, got {}",
+                    brief(other)
+                ),
             ))
         }
     };

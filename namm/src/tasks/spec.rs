@@ -129,6 +129,23 @@ impl TaskSpec {
         }
     }
 
+    /// The prompt length in tokens the spec asks for, where it says: synthetic tasks' `len`
+    /// and LongBench's `budget` (a fixed pair count or an untruncated file is only measured
+    /// once prompts are built).
+    pub fn prompt_len(&self) -> Option<usize> {
+        match self {
+            TaskSpec::Passkey(s) => Some(s.len),
+            TaskSpec::NiahMultikey(s) => Some(s.len),
+            TaskSpec::KvRetrieval(s) => match s.size {
+                KvSize::Len(len) => Some(len),
+                KvSize::Pairs(_) => None,
+            },
+            TaskSpec::VariableTracking(s) => Some(s.len),
+            TaskSpec::CommonWords(s) => Some(s.len),
+            TaskSpec::LongBench(s) => s.budget,
+        }
+    }
+
     /// The `seed=` of the spec, which replaces the caller's seed.
     pub fn seed_override(&self) -> Option<u64> {
         match self {

@@ -27,6 +27,8 @@ pub fn read_gguf_content(path: &Path) -> Result<Content> {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    // The tensor that reaches furthest is named, so the same file gets the same message.
+    let mut furthest: Option<(u64, &String)> = None;
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count() as u64;
         let block = info.ggml_dtype.block_size() as u64;
@@ -44,14 +46,17 @@ pub fn read_gguf_content(path: &Path) -> Result<Content> {
             .tensor_data_offset
             .saturating_add(info.offset)
             .saturating_add(bytes);
-        if end > len {
-            return Err(TokenizerError::Truncated {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                end,
-                len,
-            });
+        if furthest.is_none_or(|(e, n)| (end, name) > (e, n)) {
+            furthest = Some((end, name));
         }
+    }
+    if let Some((end, name)) = furthest.filter(|&(end, _)| end > len) {
+        return Err(TokenizerError::Truncated {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            end,
+            len,
+        });
     }
     Ok(content)
 }

@@ -1,0 +1,303 @@
+//! Faults a user meets, each reproduced with real processes: a peer that accepts connections
+//! and never answers, a bad coordinator address, a run no connected worker can take, a
+//! coordinator killed under its local workers, and Ctrl-C while local workers hold units.
+
+use namm_tests::{find_run, model_path, stderr, Cluster, Proc};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 100 ms until it holds; panics with `what` after `timeout`.
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// The pid the coordinator logged for its local worker process.
+fn local_worker_pid(log: &str) -> Option<u32> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("local worker process started"))?;
+    // Without the colour codes around field names.
+    let line: String = line
+        .split('\x1b')
+        .map(|part| {
+            part.find('m')
+                .filter(|_| part.starts_with('['))
+                .map_or(part, |i| &part[i + 1..])
+        })
+        .collect();
+    let rest = &line[line.find("pid=")? + 4..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A NAMM run on the default model: its units go only to workers that hold that model.
+fn namm_spec(sha: &str, model: &str) -> String {
+    format!(
+        r#"
+name = "needs-a-model"
+seed = 1
+[strategy]
+population = 4
+[stop]
+max_generations = 1
+[namm]
+model = "{model}"
+model_sha256 = "{sha}"
+tasks = ["passkey:len=1100"]
+pool_size = 4
+heldout_size = 0
+heldout_every = 0
+prompts_per_task = 2
+shard_size = 2
+"#
+    )
+}
+
+#[test]
+fn a_peer_that_never_answers_times_the_cli_out_and_a_missing_one_gets_a_hint() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    // Accept and hold every connection, answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let started = Instant::now();
+    let out = Command::new(namm_tests::bin("namm"))
+        .args(["--coordinator", &addr, "--request-timeout", "1", "runs"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(!out.status.success());
+    assert!(secs < 15.0, "took {secs:.1} s");
+    assert!(
+        stderr(&out).contains("--request-timeout"),
+        "{}",
+        stderr(&out)
+    );
+
+    let closed = namm_tests::free_port();
+    let out = namm_tests::run_cli(&[
+        "--coordinator".into(),
+        format!("127.0.0.1:{closed}"),
+        "runs".into(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("namm-coord start") && err.contains("--db"),
+        "{err}"
+    );
+
+    let out = namm_tests::run_cli(&["--request-timeout".into(), "0".into(), "runs".into()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--request-timeout"));
+}
+
+#[test]
+fn a_worker_given_a_bad_address_fails_at_once() {
+    let out = Command::new(namm_tests::bin("namm-worker"))
+        .args(["--coordinator", "bad addr"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad addr"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_run_no_worker_can_take_says_so_until_one_comes() {
+    let model = "random:tiny:seed=5";
+    let sha = model
+        .parse::<namm::model::ModelSource>()
+        .unwrap()
+        .sha256()
+        .unwrap();
+    let c = Cluster::new();
+    let spec = c.file("run.toml", &namm_spec(&sha, model));
+    let coord = c.coordinator(
+        "coord",
+        &["--run", spec.to_str().unwrap(), "--local-workers", "0"],
+    );
+    let waiting = format!("no worker has model {sha}");
+    let run = find_run(&c.json(&["runs"]), 1);
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["waiting"], waiting.as_str(), "{run}");
+    let table = String::from_utf8_lossy(&c.cli(&["runs"]).stdout).to_string();
+    assert!(table.contains(&format!("(waiting: {waiting})")), "{table}");
+    let watch = Proc::spawn(
+        "watch",
+        &namm_tests::bin("namm"),
+        &["--coordinator".into(), c.addr(), "watch".into(), "1".into()],
+        c.dir.path(),
+    );
+    wait_for(
+        "watch to say the run waits",
+        Duration::from_secs(20),
+        || watch.log().contains(&format!("waiting: {waiting}")),
+    );
+    wait_for(
+        "the log to say the run waits",
+        Duration::from_secs(30),
+        || coord.log().contains(&format!("waiting: {waiting}")),
+    );
+    // A worker without the model changes nothing.
+    let _bench = c.worker("no-model", &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(find_run(&c.json(&["runs"]), 1)["waiting"], waiting.as_str());
+
+    let _w = c.worker("w", &["--model", model]);
+    wait_for("the reason to clear", Duration::from_secs(60), || {
+        find_run(&c.json(&["runs"]), 1)["waiting"] == ""
+    });
+    wait_for(
+        "watch to say a worker came",
+        Duration::from_secs(20),
+        || {
+            watch
+                .log()
+                .contains("a worker that can take it is connected")
+        },
+    );
+}
+
+#[test]
+fn local_workers_die_with_a_killed_coordinator_and_hand_back_on_ctrl_c() {
+    let model = model_path();
+    let sha = namm::digest::file_sha256(&model).unwrap();
+    let model = model.to_str().unwrap();
+    let c = Cluster::new();
+    let spec = c.file("run.toml", &namm_spec(&sha, model));
+    let args = [
+        "--run",
+        spec.to_str().unwrap(),
+        "--local-workers",
+        "1",
+        "--model",
+        model,
+    ];
+
+    let mut coord = c.coordinator("killed", &args);
+    let mut pid = None;
+    wait_for("the local worker to start", Duration::from_secs(30), || {
+        pid = local_worker_pid(&coord.log());
+        pid.is_some()
+    });
+    let pid = pid.unwrap();
+    assert!(pid_alive(pid));
+    coord.kill();
+    wait_for(
+        "the orphaned worker to exit",
+        Duration::from_secs(10),
+        || !pid_alive(pid),
+    );
+
+    // The run resumes; SIGTERM once the local worker holds units.
+    let mut coord = c.coordinator("stopped", &args);
+    wait_for(
+        "the local worker to hold units",
+        Duration::from_secs(60),
+        || {
+            let workers = c.json(&["workers"]);
+            workers
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["active_leases"].as_u64() > Some(0)))
+        },
+    );
+    coord.terminate();
+    let status = coord
+        .wait_exit(Duration::from_secs(30))
+        .expect("still running");
+    assert!(status.success(), "{}", coord.log());
+    let log = coord.log();
+    assert!(
+        log.contains("units handed back to the coordinator") && !log.contains("hand-back refused"),
+        "{log}"
+    );
+}
+
+/// `namm eval ARGS` (on the default model unless ARGS name one), with the time it took.
+fn eval(args: &[&str]) -> (std::process::Output, f64) {
+    let mut all: Vec<String> = vec!["eval".into()];
+    if !args.contains(&"--model") {
+        all.extend(["--model".into(), model_path().display().to_string()]);
+    }
+    all.extend(args.iter().map(|s| s.to_string()));
+    let started = Instant::now();
+    let out = namm_tests::run_cli(&all);
+    (out, started.elapsed().as_secs_f64())
+}
+
+#[test]
+fn eval_refuses_bad_input_before_the_expensive_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, secs) = eval(&["--task", "passkey:len=1000000", "--samples", "1"]);
+    assert!(!out.status.success());
+    assert!(secs < 30.0, "took {secs:.1} s");
+    assert!(stderr(&out).contains("context of 8192"), "{}", stderr(&out));
+
+    for (args, field) in [
+        (&["--samples", "0"][..], "--samples"),
+        (&["--policy", "streaming:sinks=100000"][..], "sinks"),
+        (&["--policy", "nonsense"][..], "--policy"),
+    ] {
+        let (out, _) = eval(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(field), "{args:?}: {}", stderr(&out));
+    }
+
+    let (out, _) = eval(&["--model", dir.path().to_str().unwrap()]);
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+
+    let record =
+        r#"{"input": "Who?", "context": "Nobody.", "answers": ["Nobody"], "dataset": "qasper"}"#;
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        format!("longbench:path={}", p.display())
+    };
+    for (task, samples, expected) in [
+        (file("empty.jsonl", ""), "1", "holds 0 samples"),
+        (file("one.jsonl", record), "3", "fewer than --samples 3"),
+        (
+            file(
+                "huge.jsonl",
+                &format!(r#"{{"input": "{}"}}"#, "x".repeat(9 << 20)),
+            ),
+            "1",
+            "a record holds at most",
+        ),
+    ] {
+        let (out, secs) = eval(&["--task", &task, "--samples", samples]);
+        assert!(!out.status.success(), "{task}");
+        assert!(secs < 30.0, "{task}: took {secs:.1} s");
+        assert!(stderr(&out).contains(expected), "{task}: {}", stderr(&out));
+    }
+    let wrong_type = format!(
+        r#"{{"input": "Who?", "context": "c", "answers": "{}", "dataset": "qasper"}}"#,
+        "y".repeat(1 << 20)
+    );
+    let (out, _) = eval(&["--task", &file("typo.jsonl", &wrong_type)]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("must be a list") && err.len() < 4000,
+        "{} bytes",
+        err.len()
+    );
+}
