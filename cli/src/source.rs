@@ -59,7 +59,7 @@ impl Source {
         let copy = tempfile::tempdir().context("cannot create a temporary directory")?;
         copy_dir(db, copy.path())
             .with_context(|| format!("cannot copy the database {}", db.display()))?;
-        let store = Store::open(copy.path())
+        let store = Store::open_copy(copy.path(), db)
             .with_context(|| format!("cannot open the database {}", db.display()))?;
         Ok(Source::Local { store, _copy: copy })
     }

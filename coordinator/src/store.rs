@@ -17,6 +17,7 @@ use namm_proto::{EvalRecord, GenerationRecord, RunRecord, StrategyState, UnitKey
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub const SCHEMA_VERSION: u64 = 1;
@@ -33,6 +34,11 @@ pub enum StoreError {
         "database schema version {found} is not supported (this build reads {SCHEMA_VERSION})"
     )]
     Schema { found: u64 },
+    #[error(
+        "database {path} is damaged: {what}. Restore it from a copy (or move it aside to start \
+         a new database); nothing was changed"
+    )]
+    Damaged { path: String, what: String },
     #[error("database: {0}")]
     Sled(#[from] sled::Error),
     #[error("strategy state file {path}: {source}")]
@@ -108,7 +114,49 @@ pub struct GenerationCommit<'a> {
 }
 
 impl Store {
+    /// Opens (or creates) the database at `path` and checks that its records add up
+    /// ([`Store::check`]): damage is refused with a message naming it, never a panic (sled
+    /// panics on some damaged files) and never a silently shorter history.
     pub fn open(path: &Path) -> Result<Store> {
+        Self::open_with_states(path, None)
+    }
+
+    /// [`Store::open`] on a copy of a database made without its strategy states, which stay
+    /// in `original`'s `strategy/` folder: they are only listed, never read or written.
+    pub fn open_copy(copy: &Path, original: &Path) -> Result<Store> {
+        Self::open_with_states(copy, Some(original.join("strategy")))
+    }
+
+    fn open_with_states(path: &Path, states: Option<std::path::PathBuf>) -> Result<Store> {
+        let damaged = |what: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            what,
+        };
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| {
+            let mut store = Self::open_unchecked(path)?;
+            if let Some(dir) = &states {
+                store.strategy_dir.clone_from(dir);
+            }
+            store.check().map_err(|e| match e {
+                StoreError::Damaged { .. } => e,
+                other => damaged(other.to_string()),
+            })?;
+            Ok(store)
+        });
+        std::panic::set_hook(quiet);
+        opened.unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("sled failed reading it");
+            Err(damaged(format!("sled: {reason}")))
+        })
+    }
+
+    fn open_unchecked(path: &Path) -> Result<Store> {
         let db = sled::Config::new().path(path).open().map_err(|source| {
             let in_use = matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
                 || source.to_string().contains("lock");
@@ -157,6 +205,110 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The records add up: every run's generations are there from 0 to its recorded head
+    /// (the one in flight too while it runs), a running run's latest strategy state exists,
+    /// and no generation or strategy file belongs to a run the database does not hold (what
+    /// a lost or emptied `db` file leaves behind).
+    fn check(&self) -> Result<()> {
+        let damaged = |what: String| StoreError::Damaged {
+            path: self.db_path(),
+            what,
+        };
+        let runs = self.list_runs()?;
+        let mut stored: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        for key in self.generations.iter().keys() {
+            let key = key?;
+            let Ok(key12) = <[u8; 12]>::try_from(&key[..]) else {
+                return Err(damaged(format!(
+                    "generation key {} is malformed",
+                    hex_key(&key)
+                )));
+            };
+            let (run, generation) = key12.split_at(8);
+            stored
+                .entry(be_u64(run))
+                .or_default()
+                .insert(u32::from_be_bytes(
+                    generation.try_into().unwrap_or_default(),
+                ));
+        }
+        for run in &runs {
+            let id = run.run_id;
+            let have = stored.remove(&id).unwrap_or_default();
+            let done = run.generations_done;
+            let running = run.status == namm_proto::RunStatus::Running as i32;
+            let head = if running { done + 1 } else { done };
+            if let Some(g) = (0..head).find(|g| !have.contains(g)) {
+                return Err(damaged(format!(
+                    "run {id} records {done} finished generations, but generation {g} is missing"
+                )));
+            }
+            if running && done > 0 && !self.has_state(id, done)? {
+                return Err(damaged(format!(
+                    "run {id}: the strategy state after generation {done} ({}) is missing",
+                    self.state_path(id, done).display()
+                )));
+            }
+        }
+        if let Some(id) = stored.keys().next() {
+            return Err(damaged(format!(
+                "generations of run {id} are stored, but not the run itself"
+            )));
+        }
+        let known: BTreeSet<u64> = runs.iter().map(|r| r.run_id).collect();
+        if let Some((id, file)) = self
+            .state_files()?
+            .into_iter()
+            .find(|(id, _)| !known.contains(id))
+        {
+            return Err(damaged(format!(
+                "{file} holds the strategy of run {id}, which the database does not hold (was \
+                 its `db` file lost or emptied?)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The database directory as the user named it (the original of a copy).
+    fn db_path(&self) -> String {
+        self.strategy_dir
+            .parent()
+            .unwrap_or(&self.strategy_dir)
+            .display()
+            .to_string()
+    }
+
+    fn has_state(&self, run: u64, generation: u32) -> Result<bool> {
+        Ok(self.state_path(run, generation).is_file() || self.state.contains_key(run_key(run))?)
+    }
+
+    /// (run, file name) of every state file under `strategy/`.
+    fn state_files(&self) -> Result<Vec<(u64, String)>> {
+        let io = |source| StoreError::StateFile {
+            path: self.strategy_dir.display().to_string(),
+            source,
+        };
+        let mut files = Vec::new();
+        if !self.strategy_dir.is_dir() {
+            return Ok(files);
+        }
+        for entry in std::fs::read_dir(&self.strategy_dir).map_err(io)? {
+            let name = entry
+                .map_err(io)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let run = name
+                .strip_prefix("run-")
+                .and_then(|rest| rest.split_once("-g"))
+                .and_then(|(run, _)| run.parse::<u64>().ok());
+            if let Some(run) = run {
+                files.push((run, format!("strategy/{name}")));
+            }
+        }
+        Ok(files)
     }
 
     /// Creates a run: its record and first in-flight generation, with a fresh run id,
@@ -421,11 +573,12 @@ mod tests {
             let mut second = store.create_run(run, first.clone()).unwrap();
             assert_eq!(second.run_id, 2);
             // Two tells: the state file of generation 2 replaces that of generation 1.
-            let finished = GenerationRecord {
-                run_id: 2,
-                ..first.clone()
-            };
             for g in [1, 2] {
+                let finished = GenerationRecord {
+                    run_id: 2,
+                    generation: g - 1,
+                    ..first.clone()
+                };
                 second.generations_done = g;
                 store
                     .commit_generation(GenerationCommit {

@@ -301,3 +301,120 @@ fn eval_refuses_bad_input_before_the_expensive_work() {
         err.len()
     );
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Overwrites 4 KB of the `db` file at `at` (a fraction of its length) with seeded noise.
+fn scribble(db: &std::path::Path, at: f64, seed: u64) {
+    use rand::{RngCore, SeedableRng};
+    use std::io::{Seek, SeekFrom, Write};
+    let path = db.join("db");
+    let len = std::fs::metadata(&path).unwrap().len();
+    let mut noise = vec![0u8; 4096];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut noise);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(
+        ((len as f64 * at) as u64).min(len.saturating_sub(4096)),
+    ))
+    .unwrap();
+    f.write_all(&noise).unwrap();
+}
+
+#[test]
+fn a_damaged_database_is_refused_by_name_never_a_panic_or_a_shorter_history() {
+    let spec = r#"
+name = "long-sphere"
+seed = 5
+[objective]
+kind = "sphere"
+dim = 8
+[strategy]
+population = 8
+[stop]
+max_generations = 150
+target_fitness = -1e-30
+"#;
+    let reference = Cluster::uninterrupted(spec, 1);
+    let history = reference.cli_db(&["history", "1", "--json"]);
+    assert!(history.status.success(), "{}", stderr(&history));
+    let damages: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+        (
+            "cut to half",
+            Box::new(|d| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("db"))
+                    .unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len / 2).unwrap();
+            }),
+        ),
+        (
+            "emptied",
+            Box::new(|d| std::fs::write(d.join("db"), b"").unwrap()),
+        ),
+        ("noise at 25 %", Box::new(|d| scribble(d, 0.25, 1))),
+        ("noise at 50 %", Box::new(|d| scribble(d, 0.5, 2))),
+        ("noise at 80 %", Box::new(|d| scribble(d, 0.8, 3))),
+        ("noise at 95 %", Box::new(|d| scribble(d, 0.95, 4))),
+    ];
+    let mut refused = 0;
+    for (what, damage) in &damages {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("db");
+        copy_dir(&reference.db(), &copy);
+        damage(&copy);
+        let out = namm_tests::run_cli(&[
+            "--db".into(),
+            copy.display().to_string(),
+            "history".into(),
+            "1".into(),
+            "--json".into(),
+        ]);
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        if out.status.success() {
+            assert_eq!(
+                out.stdout, history.stdout,
+                "{what}: a different history, exit 0"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+            assert!(err.contains("is damaged"), "{what}: {err}");
+            refused += 1;
+        }
+        // The coordinator refuses it too, and writes nothing: no new run 1 on an emptied file.
+        let c = Cluster::new();
+        copy_dir(&copy, &c.db());
+        let mut args = vec!["start".to_string(), "--listen".into(), c.addr()];
+        args.extend([
+            "--db".into(),
+            c.db().display().to_string(),
+            "--no-default-run".into(),
+        ]);
+        let mut coord = Proc::spawn("coord", &namm_tests::bin("namm-coord"), &args, c.dir.path());
+        if !out.status.success() {
+            let status = coord
+                .wait_exit(Duration::from_secs(30))
+                .expect("it started");
+            assert_eq!(status.code(), Some(1), "{what}: {}", coord.log());
+            assert!(
+                coord.log().contains("is damaged"),
+                "{what}: {}",
+                coord.log()
+            );
+        }
+    }
+    assert!(refused >= 2, "only {refused} damages were detected");
+}
