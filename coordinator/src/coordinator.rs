@@ -160,23 +160,28 @@ impl Coordinator {
     }
 
     /// Why the running run `run_id` cannot progress now, or "" when nothing is known to
-    /// stop it: its units need a model no live worker holds.
-    pub fn waiting(&self, run_id: u64) -> String {
-        let inner = self.lock();
-        match inner.runs.get(&run_id) {
-            Some(run) if run.is_running() => match run.model_sha256() {
-                Some(sha) if !inner.book.serves_model(sha) => {
-                    format!("no worker has model {sha}")
-                }
-                _ => String::new(),
-            },
+    /// stop it: its units need a model no live worker holds. None when a tell holds the lock:
+    /// a query never waits on a strategy's arithmetic.
+    pub fn waiting(&self, run_id: u64) -> Option<String> {
+        let inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let sha = inner
+            .runs
+            .get(&run_id)
+            .filter(|run| run.is_running())
+            .and_then(|run| run.model_sha256());
+        Some(match sha {
+            Some(sha) if !inner.book.serves_model(sha) => format!("no worker has model {sha}"),
             _ => String::new(),
-        }
+        })
     }
 
-    /// `run` with its [`Coordinator::waiting`] reason filled in.
+    /// `run` with its [`Coordinator::waiting`] reason filled in ("" when it is not known now).
     pub fn annotated(&self, mut run: RunRecord) -> RunRecord {
-        run.waiting = self.waiting(run.run_id);
+        run.waiting = self.waiting(run.run_id).unwrap_or_default();
         run
     }
 
@@ -185,7 +190,9 @@ impl Coordinator {
     pub fn log_waiting(&self, last: &mut HashMap<u64, String>) {
         let ids: Vec<u64> = self.lock().runs.keys().copied().collect();
         for id in ids {
-            let now = self.waiting(id);
+            let Some(now) = self.waiting(id) else {
+                continue;
+            };
             let before = last.insert(id, now.clone()).unwrap_or_default();
             if now == before {
                 continue;

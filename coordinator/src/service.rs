@@ -214,11 +214,13 @@ impl RunService for Services {
                     // The coordinator is stopping: end the stream so the server can drain.
                     _ = closing.wait_for(|c| *c) => return,
                     _ = check.tick() => {
-                        let run = coord.annotated(run.clone());
-                        if run.waiting == waiting {
-                            continue;
+                        match coord.waiting(id) {
+                            Some(now) if now != waiting => {
+                                let run = RunRecord { waiting: now, ..run.clone() };
+                                Ok(WatchEvent { generation: None, run: Some(run) })
+                            }
+                            _ => continue,
                         }
-                        Ok(WatchEvent { generation: None, run: Some(run) })
                     }
                 };
                 match received {
@@ -226,7 +228,10 @@ impl RunService for Services {
                         let Some(run) = ev.run.take().filter(|r| r.run_id == id) else {
                             continue;
                         };
-                        let run = coord.annotated(run);
+                        let run = RunRecord {
+                            waiting: coord.waiting(id).unwrap_or_else(|| waiting.clone()),
+                            ..run
+                        };
                         waiting.clone_from(&run.waiting);
                         let running = run.status == RunStatus::Running as i32;
                         ev.run = Some(run);

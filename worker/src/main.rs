@@ -72,8 +72,9 @@ struct Cli {
     #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_timeout)]
     connect_timeout: Duration,
     /// Longest wait for the coordinator's answer to one call, in seconds (a lease waits up to
-    /// 5 s for work); a call that times out counts as an unreachable coordinator and is retried.
-    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_timeout)]
+    /// 5 s for work; a report that ends a generation waits for its tell); a call that times
+    /// out counts as an unreachable coordinator and is retried.
+    #[arg(long, default_value = "120", value_name = "SECS", value_parser = parse_timeout)]
     request_timeout: Duration,
     /// Stop when the process that started this one exits (local workers of `namm-coord`).
     #[arg(long, hide = true)]
