@@ -145,14 +145,16 @@ impl NammParams {
                 ))
             }
         };
-        let stats = NormStats::new(read("norm_mean")?, read("norm_var")?, count)
-            .map_err(|e| e.to_string())?;
-        if stats.dim() != N_BINS {
-            return Err(format!(
-                "tensor `norm_mean` has {} values, expected {N_BINS}",
-                stats.dim()
-            ));
+        let (mean, var) = (read("norm_mean")?, read("norm_var")?);
+        for (name, values) in [("norm_mean", &mean), ("norm_var", &var)] {
+            if values.len() != N_BINS {
+                return Err(format!(
+                    "tensor `{name}` has {} values, expected {N_BINS}",
+                    values.len()
+                ));
+            }
         }
+        let stats = NormStats::new(mean, var, count).map_err(|e| e.to_string())?;
         Ok(NammParams {
             params,
             stats,
@@ -274,6 +276,39 @@ mod tests {
         p.save(&path).unwrap();
         let e = NammParams::load(&path).unwrap_err().to_string();
         assert!(e.contains("`params` has 100 values"), "{e}");
+        // 16 means beside 17 variances: the short tensor is the one named.
+        let bytes = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| 1f64.to_le_bytes()).collect() };
+        let (params, mean, var, count) = (
+            sample()
+                .params
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+            bytes(16),
+            bytes(17),
+            bytes(1),
+        );
+        let tensors = [
+            (
+                "params",
+                TensorView::new(Dtype::F32, vec![4172], &params).unwrap(),
+            ),
+            (
+                "norm_mean",
+                TensorView::new(Dtype::F64, vec![16], &mean).unwrap(),
+            ),
+            (
+                "norm_var",
+                TensorView::new(Dtype::F64, vec![17], &var).unwrap(),
+            ),
+            (
+                "norm_count",
+                TensorView::new(Dtype::F64, vec![1], &count).unwrap(),
+            ),
+        ];
+        std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+        let e = NammParams::load(&path).unwrap_err().to_string();
+        assert!(e.contains("`norm_mean` has 16 values, expected 17"), "{e}");
         let missing = dir.path().join("absent.safetensors");
         assert!(NammParams::load(&missing)
             .unwrap_err()
