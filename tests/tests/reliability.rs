@@ -418,3 +418,24 @@ target_fitness = -1e-30
     }
     assert!(refused >= 2, "only {refused} damages were detected");
 }
+
+#[test]
+fn submitting_a_spec_twice_says_so() {
+    let c = Cluster::new();
+    let _coord = c.coordinator("coord", &[]);
+    let spec = c.file(
+        "sphere.toml",
+        "name = \"twice\"\n[objective]\nkind = \"sphere\"\ndim = 4\n[stop]\nmax_generations = 3\n",
+    );
+    let spec = spec.to_str().unwrap();
+    let first = c.cli(&["submit", spec]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(!stderr(&first).contains("same spec"), "{}", stderr(&first));
+    let second = c.cli(&["submit", spec]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let note = stderr(&second);
+    assert!(
+        note.contains("run 1") && note.contains("same spec") && note.contains("run 2"),
+        "{note}"
+    );
+}
