@@ -68,27 +68,49 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let store = Store::open(&opts.db)?;
     let coord = Coordinator::open(store, opts.lease_ttl, opts.max_lease)
         .with_context(|| format!("resuming the runs in {}", opts.db.display()))?;
+    // Whatever can refuse the start is checked before a run is written.
+    let mut pending = Vec::new();
     for path in &opts.runs {
-        submit_file(&coord, path)?;
+        let spec = new_spec(&coord, path)?;
+        if let Some(spec) = spec.filter(|s| !pending.iter().any(|(p, _)| p == s)) {
+            pending.push((spec, Some(path)));
+        }
     }
     if opts.runs.is_empty() && opts.default_run && coord.store.list_runs()?.is_empty() {
-        let run = coord.submit(&namm::spec::RunSpec::default_namm().to_toml())?;
-        println!(
-            "submitted the default NAMM run {} ({}); query it with `namm history {}`",
-            run.run_id, run.name, run.run_id
-        );
+        pending.push((namm::spec::RunSpec::default_namm(), None));
     }
-    let llm_models = coord.running_models();
+    let mut llm_models = coord.running_models();
+    llm_models.extend(
+        pending
+            .iter()
+            .filter_map(|(spec, _)| spec.namm.as_ref().map(|n| n.model_sha256.clone())),
+    );
+    llm_models.sort();
+    llm_models.dedup();
     let local_workers = opts
         .local_workers
         .unwrap_or(if llm_models.is_empty() { 0 } else { 1 });
     if local_workers > 0 && !llm_models.is_empty() {
         check_model(&opts.model, &llm_models)?;
     }
-
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    for (spec, path) in pending {
+        let run = coord.submit(&spec.to_toml())?;
+        match path {
+            Some(path) => println!(
+                "submitted run {} ({}) from {}",
+                run.run_id,
+                run.name,
+                path.display()
+            ),
+            None => println!(
+                "submitted the default NAMM run {} ({}); query it with `namm history {}`",
+                run.run_id, run.name, run.run_id
+            ),
+        }
+    }
     let addr = listener.local_addr()?;
     println!("namm-coord listening on {addr}");
     tracing::info!(%addr, db = %opts.db.display(), "coordinator serving");
@@ -228,9 +250,12 @@ fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
     Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
 }
 
-/// Submits a run spec file unless the database already holds a run with the same spec, so
+/// The run spec in a file, unless the database already holds a run with the same spec, so
 /// restarting with the same `--run` resumes the run instead of starting a second one.
-fn submit_file(coord: &Arc<Coordinator>, path: &PathBuf) -> anyhow::Result<()> {
+fn new_spec(
+    coord: &Arc<Coordinator>,
+    path: &PathBuf,
+) -> anyhow::Result<Option<namm::spec::RunSpec>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read run spec {}", path.display()))?;
     let spec = namm::spec::RunSpec::from_toml(&text)
@@ -243,11 +268,9 @@ fn submit_file(coord: &Arc<Coordinator>, path: &PathBuf) -> anyhow::Result<()> {
         .find(|r| r.spec_toml == canonical || r.submitted_spec_toml == canonical)
     {
         tracing::info!(run = existing.run_id, file = %path.display(), "run already in the database; not submitting it again");
-        return Ok(());
+        return Ok(None);
     }
-    let run = coord.submit(&canonical)?;
-    println!("submitted run {} ({})", run.run_id, run.name);
-    Ok(())
+    Ok(Some(spec))
 }
 
 /// Local workers of LLM runs are `namm-worker` processes next to this binary, each holding the

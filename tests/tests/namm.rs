@@ -186,6 +186,9 @@ fn local_workers_of_an_llm_run_need_its_model() {
         err.contains("not-a-model.gguf") && err.contains("sha256") && err.contains("b179c95"),
         "{err}"
     );
+    // The refused start wrote no run: the corrected one submits the default run as run 1.
+    let runs = c.json_db(&["runs"]);
+    assert_eq!(runs.as_array().map(Vec::len), Some(0), "{runs}");
 }
 
 /// The same run on a synthesised model (no download) with an unbatched worker and with one
