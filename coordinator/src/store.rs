@@ -11,16 +11,22 @@
 //! after 12 generations of a NAMM run). The file of generation g + 1 is written and synced
 //! before the transaction that records generation g as told, and older files are removed
 //! after it, so one state per run stays on disk and the run record always names a state that
-//! exists. Databases of schema 1 kept the state in the `state` tree; it is still read.
+//! exists. Each file carries the sha256 of its contents (see `STATE_MAGIC`). Databases of
+//! schema 1 kept the state in the `state` tree; it is still read.
 
 use namm_proto::{EvalRecord, GenerationRecord, RunRecord, StrategyState, UnitKey};
 use prost::Message;
+use sha2::Digest;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub const SCHEMA_VERSION: u64 = 1;
+/// A state file starts with this, then the sha256 of the encoded state, then the state: a
+/// damaged file is named instead of resuming different numbers. (No protobuf message starts
+/// with b'N', wire type 6, so files written without it still read.)
+const STATE_MAGIC: &[u8] = b"NAMMSTv1";
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_RUN: &[u8] = b"next_run_id";
 
@@ -366,8 +372,11 @@ impl Store {
         let tmp = path.with_extension("pb.tmp");
         {
             use std::io::Write;
+            let payload = state.encode_to_vec();
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&state.encode_to_vec()).map_err(io)?;
+            f.write_all(STATE_MAGIC).map_err(io)?;
+            f.write_all(&sha2::Sha256::digest(&payload)).map_err(io)?;
+            f.write_all(&payload).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
@@ -432,13 +441,29 @@ impl Store {
         let path = self.state_path(run, generation);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                return StrategyState::decode(&bytes[..])
-                    .map(Some)
-                    .map_err(|source| StoreError::Decode {
+                let damaged = |what: &str| StoreError::Damaged {
+                    path: self.db_path(),
+                    what: format!("{} {what}", path.display()),
+                };
+                let payload = match bytes.strip_prefix(STATE_MAGIC) {
+                    Some(rest) if rest.len() >= 32 => {
+                        let (sum, payload) = rest.split_at(32);
+                        if sha2::Sha256::digest(payload)[..] != *sum {
+                            return Err(damaged("does not match its checksum"));
+                        }
+                        payload
+                    }
+                    Some(_) => return Err(damaged("is cut short")),
+                    // Written before the checksum was: no check possible.
+                    None => &bytes[..],
+                };
+                return StrategyState::decode(payload).map(Some).map_err(|source| {
+                    StoreError::Decode {
                         what: "strategy state",
                         key: path.display().to_string(),
                         source,
-                    })
+                    }
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -608,5 +633,27 @@ mod tests {
         assert_eq!(g.population[0].values[0], 1.0);
         assert!(g.population[0].values[1].is_nan());
         assert!(store.get_run(3).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_named_and_one_without_a_checksum_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = StrategyState {
+            sigma: 0.5,
+            generation: 3,
+            ..Default::default()
+        };
+        store.put_state(1, 3, &state).unwrap();
+        assert_eq!(store.get_state(1, 3).unwrap().unwrap(), state);
+        let path = store.state_path(1, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = store.get_state(1, 3).unwrap_err().to_string();
+        assert!(e.contains("is damaged") && e.contains("checksum"), "{e}");
+        std::fs::write(&path, state.encode_to_vec()).unwrap();
+        assert_eq!(store.get_state(1, 3).unwrap().unwrap(), state);
     }
 }
