@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 [ -n "${NAMM_MODEL:-}" ] || bash scripts/fetch-model.sh
 # The diagonal CMA-ES is compared live against pycma's (coordinator/src/cmaes/tests/pycma.rs).
 python3 -c "import cma" 2>/dev/null || python3 -m pip install --quiet "cma==4.5.0"
+# namm-serve is tested with the official OpenAI client (tests/tests/serve.rs).
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet "openai==3.57.0"
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"

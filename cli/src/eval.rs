@@ -1,19 +1,17 @@
 //! `namm eval`: every memory policy on the same prompts of one or more tasks, side by side.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use namm::evaluate::{parse_device, EvalOptions, Evaluator, PrefixReuse, TaskEvaluation};
-use namm::model::{ModelSource, WeightFormat, RANDOM_PREFIX};
+use namm::model::{ModelSource, WeightFormat, DEFAULT_MODEL_PATH};
 use namm::policy::{parse_policy, MemoryPolicy};
 use namm::tasks::TaskSpec;
 use serde::Serialize;
 
 use crate::output::Format;
-
-const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 const SPEC_HELP: &str = "\
 TASK SPECS  NAME[:KEY=VALUE,...]; len is the templated prompt's length in model tokens
@@ -52,7 +50,7 @@ pub struct EvalArgs {
     /// The llama GGUF model (relative paths from the working directory; the default also
     /// from the repository), or `random:SHAPE[:seed=N]` (SHAPE smollm2-135m or tiny): a model
     /// of that shape with seeded random weights, synthesised in memory (speed checks only)
-    #[arg(long, env = "NAMM_MODEL", default_value = DEFAULT_MODEL)]
+    #[arg(long, env = "NAMM_MODEL", default_value = DEFAULT_MODEL_PATH)]
     pub model: PathBuf,
     /// A task spec, e.g. `passkey:len=1024` (repeatable; see the syntax below)
     #[arg(long = "task", value_name = "SPEC", default_value = "passkey", value_parser = parse_task)]
@@ -93,12 +91,12 @@ fn parse_task(s: &str) -> std::result::Result<TaskSpec, String> {
     s.parse::<TaskSpec>().map_err(|e| e.to_string())
 }
 
-fn parse_format(s: &str) -> std::result::Result<WeightFormat, String> {
+pub fn parse_format(s: &str) -> std::result::Result<WeightFormat, String> {
     s.parse::<WeightFormat>()
 }
 
 /// A policy spec that parses (the policy itself is built again for the run: they hold state).
-fn check_policy(s: &str) -> std::result::Result<String, String> {
+pub fn check_policy(s: &str) -> std::result::Result<String, String> {
     parse_policy(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("{e:#}"))
@@ -174,7 +172,7 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
         .map(|spec| spec.load().with_context(|| format!("--task {spec}")))
         .collect::<Result<Vec<_>>>()?;
     let device = parse_device(&args.device).context("--device")?;
-    let source = model_source(&args.model)?;
+    let source = ModelSource::from_arg(&args.model).context("--model")?;
     tracing::info!(model = %source, format = %args.format, device = %args.device, "loading the model");
     let evaluator = Evaluator::load_source(&source, &device, args.format)?;
     check_lengths(&args.tasks, evaluator.model().config().context_length)?;
@@ -259,28 +257,6 @@ pub fn run(args: &EvalArgs, format: Format) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `random:…` names a synthesised model; anything else is a file.
-fn model_source(arg: &Path) -> Result<ModelSource> {
-    match arg.to_str() {
-        Some(s) if s.starts_with(RANDOM_PREFIX) => Ok(s.parse().context("--model")?),
-        _ => Ok(ModelSource::File(resolve_model(arg))),
-    }
-}
-
-/// The default path is also tried from the repository, so `namm eval` works from any
-/// directory of a checkout.
-fn resolve_model(path: &Path) -> PathBuf {
-    if path.exists() || path != Path::new(DEFAULT_MODEL) {
-        return path.to_path_buf();
-    }
-    let in_repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(DEFAULT_MODEL);
-    if in_repo.exists() {
-        in_repo
-    } else {
-        path.to_path_buf()
-    }
 }
 
 fn print_table(evaluations: &[TaskEvaluation]) {

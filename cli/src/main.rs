@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod bench;
 mod eval;
+mod generate;
 mod history;
 mod output;
 mod plot;
@@ -83,6 +84,9 @@ enum Command {
     Cluster(ClusterCommand),
     /// Compare memory policies on long-context tasks with a local model.
     Eval(eval::EvalArgs),
+    /// Generate text from a prompt with a local model under a memory policy, streamed as it
+    /// is decoded; the cache it kept and the speed on stderr (or in --json).
+    Generate(generate::GenerateArgs),
     /// Engine throughput at several batch sizes (prefill with attention taps, decode), and
     /// one device's agreement with another (--parity cpu on a GPU).
     Bench(bench::BenchArgs),
@@ -148,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
     // Local evaluations are long: their progress lines are worth showing by default.
     let default_level = match cli.command {
         Command::Eval(_) | Command::Bench(_) => "info",
+        Command::Generate(_) => "warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -161,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Replay(args) => return replay::run(&args),
         Command::Eval(args) => return eval::run(&args, format),
+        Command::Generate(args) => return generate::run(&args, format),
         Command::Bench(args) => return bench::run(&args, format),
         Command::Cluster(command) => command,
     };

@@ -4,14 +4,18 @@
 
 mod cache;
 mod decode;
+mod sampling;
 mod session;
 mod softmax;
 mod stats;
+mod stream;
 
 use std::time::Instant;
 
+pub use sampling::{Sampler, Sampling};
 pub use session::Session;
 pub use stats::{GenerationStats, InvocationStats};
+pub use stream::{step, Step, Stream, StreamStats};
 
 use crate::model::{Model, ModelError};
 use crate::policy::MemoryPolicy;

@@ -28,7 +28,7 @@ pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use linear::{Linear, WeightFormat};
 pub use random::{RandomModel, RandomModelError, RandomShape, RANDOM_PREFIX};
-pub use source::ModelSource;
+pub use source::{ModelSource, DEFAULT_MODEL_PATH};
 
 /// One transformer block.
 #[derive(Debug, Clone)]

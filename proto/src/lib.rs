@@ -8,3 +8,5 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod bearer;

@@ -46,7 +46,20 @@ impl From<&Path> for ModelSource {
     }
 }
 
+/// The model `--model` defaults to, relative to the working directory or the repository.
+pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 impl ModelSource {
+    /// A `--model` argument: `random:…` names a synthesised model, anything else a file; the
+    /// default path is also tried from the repository, so the tools work from any directory
+    /// of a checkout.
+    pub fn from_arg(arg: &Path) -> Result<Self> {
+        match arg.to_str() {
+            Some(s) if s.starts_with(RANDOM_PREFIX) => s.parse(),
+            _ => Ok(Self::File(resolve_default(arg))),
+        }
+    }
+
     /// How errors name the model: the file's path, or the random spec.
     pub fn label(&self) -> PathBuf {
         match self {
@@ -106,4 +119,16 @@ fn read_content<R: std::io::Read + std::io::Seek>(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+fn resolve_default(path: &Path) -> PathBuf {
+    if path.exists() || path != Path::new(DEFAULT_MODEL_PATH) {
+        return path.to_path_buf();
+    }
+    let in_repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(DEFAULT_MODEL_PATH);
+    if in_repo.exists() {
+        in_repo
+    } else {
+        path.to_path_buf()
+    }
 }

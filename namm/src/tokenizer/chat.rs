@@ -7,6 +7,8 @@
 pub struct ChatTemplate {
     /// The rendered default system turn, `<|im_start|>system\n…<|im_end|>\n`, if any.
     pub default_system_turn: Option<String>,
+    /// Whether the GGUF has a chat template at all (a chat model).
+    pub present: bool,
 }
 
 /// The guard SmolLM2's (and most ChatML) templates put around their default system turn.
@@ -22,20 +24,30 @@ impl ChatTemplate {
             .filter(|turn| turn.starts_with("<|im_start|>system"));
         Self {
             default_system_turn,
+            present: !template.trim().is_empty(),
         }
     }
 
     pub fn render(&self, system: Option<&str>, user: &str) -> String {
-        let mut prompt = String::with_capacity(user.len() + 128);
-        match system {
-            Some(system) => push_turn(&mut prompt, "system", system),
-            None => {
-                if let Some(turn) = &self.default_system_turn {
-                    prompt.push_str(turn);
-                }
+        let mut turns = Vec::with_capacity(2);
+        turns.extend(system.map(|s| ("system", s)));
+        turns.push(("user", user));
+        self.render_conversation(&turns)
+    }
+
+    /// A conversation of `(role, content)` turns, ending where the assistant's answer starts;
+    /// the default system turn goes first unless the first turn is a system one.
+    pub fn render_conversation(&self, turns: &[(&str, &str)]) -> String {
+        let size: usize = turns.iter().map(|(r, c)| r.len() + c.len() + 24).sum();
+        let mut prompt = String::with_capacity(size + 128);
+        if turns.first().is_none_or(|(role, _)| *role != "system") {
+            if let Some(turn) = &self.default_system_turn {
+                prompt.push_str(turn);
             }
         }
-        push_turn(&mut prompt, "user", user);
+        for (role, content) in turns {
+            push_turn(&mut prompt, role, content);
+        }
         prompt.push_str("<|im_start|>assistant\n");
         prompt
     }
