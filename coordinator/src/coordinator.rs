@@ -241,6 +241,29 @@ impl Coordinator {
         Ok(record)
     }
 
+    /// Copies the database to `to` while holding the lock, so that no report, tell or
+    /// submission lands half in the copy; `db` must name the database this coordinator serves.
+    pub fn backup(
+        &self,
+        db: &std::path::Path,
+        to: &std::path::Path,
+    ) -> Result<crate::store::Snapshot, CoordError> {
+        let same =
+            |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+        if !same(db, self.store.path()) {
+            return Err(CoordError::FailedPrecondition(format!(
+                "this coordinator serves the database {}, not {}",
+                self.store.path().display(),
+                db.display()
+            )));
+        }
+        let _quiet = self.lock();
+        Ok(self.store.snapshot(to)?)
+    }
+
     pub fn cancel(&self, run_id: u64) -> Result<RunRecord, CoordError> {
         let mut inner = self.lock();
         let Some(mut run) = inner.runs.remove(&run_id) else {

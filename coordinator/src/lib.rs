@@ -2,6 +2,7 @@
 //! generation in sled.
 
 pub mod auth;
+pub mod backup;
 pub mod book;
 pub mod cmaes;
 pub mod coordinator;

@@ -84,6 +84,34 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
     },
+    /// Copy a database to a new directory, consistently: directly when no coordinator has it
+    /// open, else through the coordinator serving it (which pauses writes meanwhile). The
+    /// copy is a database of its own: `--db COPY` restores it.
+    Backup {
+        /// The database to copy.
+        #[arg(long, default_value = "./namm-db")]
+        db: PathBuf,
+        /// A new or empty directory for the copy (on the coordinator's machine).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The coordinator serving --db, if one does.
+        #[arg(long, default_value = "127.0.0.1:50051", value_name = "HOST:PORT")]
+        coordinator: String,
+        /// Its shared secret.
+        #[arg(
+            long,
+            env = "NAMM_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Its CA (or self-signed certificate) for TLS.
+        #[arg(long, value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -134,6 +162,32 @@ async fn main() -> anyhow::Result<()> {
                 metrics,
             })
             .await
+        }
+        Command::Backup {
+            db,
+            to,
+            coordinator,
+            token,
+            token_file,
+            tls_ca,
+        } => {
+            let auth = namm_worker::auth::ClientAuth {
+                token: namm_worker::auth::resolve_token(token, token_file.as_deref())?,
+                tls_ca,
+                timeouts: namm_worker::auth::Timeouts {
+                    connect: Duration::from_secs(5),
+                    request: Duration::from_secs(3600),
+                },
+            };
+            let s = namm_coord::backup::backup(&db, &to, &coordinator, &auth).await?;
+            println!(
+                "copied {} runs ({} generations, {} bytes of sled) to {}",
+                s.runs,
+                s.generations,
+                s.bytes,
+                to.display()
+            );
+            Ok(())
         }
     }
 }

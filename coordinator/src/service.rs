@@ -166,6 +166,21 @@ impl RunService for Services {
         Ok(Response::new(CancelRunResponse { run: Some(run) }))
     }
 
+    async fn backup(&self, req: Request<BackupRequest>) -> Res<BackupResponse> {
+        let r = req.into_inner();
+        let coord = std::sync::Arc::clone(&self.0);
+        let snapshot = tokio::task::spawn_blocking(move || {
+            coord.backup(std::path::Path::new(&r.db), std::path::Path::new(&r.to))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("backup failed: {e}")))??;
+        Ok(Response::new(BackupResponse {
+            runs: snapshot.runs as u64,
+            generations: snapshot.generations,
+            bytes: snapshot.bytes,
+        }))
+    }
+
     type WatchRunStream =
         Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
 

@@ -47,6 +47,8 @@ pub enum StoreError {
     Damaged { path: String, what: String },
     #[error("database: {0}")]
     Sled(#[from] sled::Error),
+    #[error("backup target {path} is not empty: give a new or empty directory")]
+    SnapshotTarget { path: String },
     #[error("strategy state file {path}: {source}")]
     StateFile {
         path: String,
@@ -62,9 +64,20 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What [`Store::snapshot`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub runs: usize,
+    /// Finished generations over all runs.
+    pub generations: u64,
+    /// The copy's sled size on disk.
+    pub bytes: u64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    path: std::path::PathBuf,
     strategy_dir: std::path::PathBuf,
     runs: sled::Tree,
     generations: sled::Tree,
@@ -183,6 +196,7 @@ impl Store {
             source,
         })?;
         let store = Store {
+            path: path.to_path_buf(),
             strategy_dir,
             runs: db.open_tree("runs")?,
             generations: db.open_tree("generations")?,
@@ -211,6 +225,60 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The directory the store was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a copy of the whole store to `to` (a new or empty directory), a database in its
+    /// own right: `--db` of it restores the history. Consistent as long as no one writes
+    /// meanwhile (the coordinator holds its lock). The copy is opened and checked before
+    /// this returns; the counts are of what it holds.
+    pub fn snapshot(&self, to: &Path) -> Result<Snapshot> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::StateFile { path, source }
+        };
+        if std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(StoreError::SnapshotTarget {
+                path: to.display().to_string(),
+            });
+        }
+        {
+            let copy = Self::open_unchecked(to)?;
+            let pairs = [
+                (&self.runs, &copy.runs),
+                (&self.generations, &copy.generations),
+                (&self.evals, &copy.evals),
+                (&self.state, &copy.state),
+                (&self.meta, &copy.meta),
+            ];
+            for (from, into) in pairs {
+                for kv in from.iter() {
+                    let (k, v) = kv?;
+                    into.insert(k, v)?;
+                }
+            }
+            copy.flush()?;
+            for entry in std::fs::read_dir(&self.strategy_dir).map_err(io(&self.strategy_dir))? {
+                let entry = entry.map_err(io(&self.strategy_dir))?;
+                let name = entry.file_name();
+                if name.to_string_lossy().ends_with(".pb") {
+                    let target = copy.strategy_dir.join(&name);
+                    std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+                }
+            }
+        }
+        let copy = Self::open(to)?;
+        let runs = copy.list_runs()?;
+        let generations = runs.iter().map(|r| u64::from(r.generations_done)).sum();
+        Ok(Snapshot {
+            runs: runs.len(),
+            generations,
+            bytes: copy.db.size_on_disk()?,
+        })
     }
 
     /// The records add up: every run's generations are there from 0 to its recorded head

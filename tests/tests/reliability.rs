@@ -439,3 +439,129 @@ fn submitting_a_spec_twice_says_so() {
         "{note}"
     );
 }
+
+fn backup(db: &std::path::Path, to: &std::path::Path, coordinator: &str) -> std::process::Output {
+    Command::new(namm_tests::bin("namm-coord"))
+        .args(["backup", "--db"])
+        .arg(db)
+        .arg("--to")
+        .arg(to)
+        .args(["--coordinator", coordinator])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_and_resumes_the_run() {
+    let spec = r#"
+name = "backed-up"
+seed = 9
+[objective]
+kind = "sphere"
+dim = 8
+[strategy]
+population = 8
+[stop]
+max_generations = 400
+target_fitness = -1e-30
+"#;
+    let reference = Cluster::uninterrupted(spec, 1);
+    let full = namm_tests::without_wall_clock(&reference.json_db(&["history", "1"]));
+
+    let c = Cluster::new();
+    let file = c.file("run.toml", spec);
+    let mut coord = c.coordinator(
+        "coord",
+        &["--run", file.to_str().unwrap(), "--local-workers", "1"],
+    );
+    c.wait_generations(1, 5, Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy");
+    let out = backup(&c.db(), &copy, &c.addr());
+    assert!(out.status.success(), "{}\n{}", stderr(&out), coord.log());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("copied 1 runs"),
+        "{out:?}"
+    );
+    let again = backup(&c.db(), &copy, &c.addr());
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("not empty"), "{}", stderr(&again));
+    coord.terminate();
+    coord
+        .wait_exit(Duration::from_secs(30))
+        .expect("the coordinator did not stop");
+
+    // The copy opens as a database of its own, its history a prefix of the run's...
+    let restored = Cluster::new();
+    copy_dir(&copy, &restored.db());
+    let partial = namm_tests::without_wall_clock(&restored.json_db(&["history", "1"]));
+    let n = partial.as_array().unwrap().len();
+    assert!(n >= 5, "{n} generations in the copy");
+    assert_eq!(
+        partial.as_array().unwrap()[..],
+        full.as_array().unwrap()[..n]
+    );
+    // ...and a coordinator on it carries the run on to the same end.
+    let mut resumed =
+        restored.coordinator("resumed", &["--local-workers", "1", "--exit-when-done"]);
+    let status = resumed
+        .wait_exit(Duration::from_secs(120))
+        .expect("the resumed run did not finish");
+    assert!(status.success(), "{}", resumed.log());
+    assert_eq!(
+        namm_tests::without_wall_clock(&restored.json_db(&["history", "1"])),
+        full
+    );
+
+    // A stopped database is copied directly; a coordinator serving another one refuses.
+    let offline = dir.path().join("offline");
+    let out = backup(&restored.db(), &offline, "127.0.0.1:1");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = Cluster::new();
+    let _serving = other.coordinator("other", &[]);
+    let _holding = restored.coordinator("holding", &[]);
+    let out = backup(&restored.db(), &dir.path().join("wrong"), &other.addr());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("serves the database"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_namm_file_without_statistics_is_named_once() {
+    let start = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../assets/namm-start.safetensors"
+    );
+    let policy = format!("namm:{start}");
+    let (out, _) = eval(&[
+        "--task",
+        "passkey:len=300",
+        "--samples",
+        "2",
+        "--policy",
+        &policy,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("norm_count is 0").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../assets/namm-smollm2-135m.safetensors"
+    );
+    let (out, _) = eval(&[
+        "--task",
+        "passkey:len=300",
+        "--samples",
+        "1",
+        "--policy",
+        &format!("namm:{shipped}"),
+    ]);
+    assert!(!stderr(&out).contains("norm_count"), "{}", stderr(&out));
+}

@@ -198,6 +198,9 @@ impl NammPolicy {
             })?,
         };
         let mode = file.norm_mode();
+        if matches!(mode, NormMode::Accumulate(_)) {
+            warn_no_statistics(path);
+        }
         let label = match budget {
             Some(b) => format!("namm:{},budget={b}", path.display()),
             None => format!("namm:{}", path.display()),
@@ -205,6 +208,27 @@ impl NammPolicy {
         Ok(NammPolicy::new(file.params, mode)?
             .with_budget(budget)
             .with_label(label))
+    }
+}
+
+/// Once per file and process: a file without frozen statistics (norm_count 0, e.g. a
+/// hand-set start) normalises its features with statistics it accumulates over the prompts it
+/// sees, so its scores depend on what ran before them.
+fn warn_no_statistics(path: &Path) {
+    // Specs checked while arguments are parsed, before logging is set up, do not count.
+    if !tracing::dispatcher::has_been_set() {
+        return;
+    }
+    static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|p| p == path) {
+        warned.push(path.to_path_buf());
+        tracing::warn!(
+            "{}: norm_count is 0 (no frozen feature statistics): the NAMM normalises with \
+             statistics it accumulates over the prompts it sees, as a run's reference pass does; \
+             export a trained NAMM with `namm best --export` for fixed statistics",
+            path.display()
+        );
     }
 }
 
