@@ -24,6 +24,18 @@ const MAX_BATCH: u32 = 256;
 #[derive(Clone)]
 pub struct Services(pub Arc<Coordinator>);
 
+/// Runs a call that may compute for a while (building a strategy, a tell, a backup) on a
+/// blocking thread, so that the async threads keep answering other RPCs meanwhile.
+async fn blocking<T: Send + 'static>(
+    coord: &Arc<Coordinator>,
+    call: impl FnOnce(&Coordinator) -> Result<T, CoordError> + Send + 'static,
+) -> Result<T, CoordError> {
+    let coord = Arc::clone(coord);
+    tokio::task::spawn_blocking(move || call(&coord))
+        .await
+        .map_err(|e| CoordError::Internal(format!("the call failed: {e}")))?
+}
+
 type Res<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -92,7 +104,7 @@ impl WorkerService for Services {
     async fn report(&self, req: Request<ReportRequest>) -> Res<ReportResponse> {
         let r = req.into_inner();
         let worker = r.worker_id.clone();
-        match self.0.report(r) {
+        match blocking(&self.0, move |c| c.report(r)).await {
             Ok(resp) => Ok(Response::new(resp)),
             Err(e) => {
                 tracing::warn!(%worker, error = %e, "report rejected");
@@ -111,7 +123,8 @@ impl WorkerService for Services {
 #[tonic::async_trait]
 impl RunService for Services {
     async fn submit_run(&self, req: Request<SubmitRunRequest>) -> Res<SubmitRunResponse> {
-        let run = self.0.submit(&req.into_inner().spec_toml)?;
+        let spec = req.into_inner().spec_toml;
+        let run = blocking(&self.0, move |c| c.submit(&spec)).await?;
         Ok(Response::new(SubmitRunResponse { run: Some(run) }))
     }
 
@@ -168,12 +181,10 @@ impl RunService for Services {
 
     async fn backup(&self, req: Request<BackupRequest>) -> Res<BackupResponse> {
         let r = req.into_inner();
-        let coord = std::sync::Arc::clone(&self.0);
-        let snapshot = tokio::task::spawn_blocking(move || {
-            coord.backup(std::path::Path::new(&r.db), std::path::Path::new(&r.to))
+        let snapshot = blocking(&self.0, move |c| {
+            c.backup(std::path::Path::new(&r.db), std::path::Path::new(&r.to))
         })
-        .await
-        .map_err(|e| Status::internal(format!("backup failed: {e}")))??;
+        .await?;
         Ok(Response::new(BackupResponse {
             runs: snapshot.runs as u64,
             generations: snapshot.generations,
