@@ -177,6 +177,19 @@ impl LeaseBook {
         out
     }
 
+    /// How many workers hold a lease of run `run_id` now.
+    pub fn workers_on(&self, run_id: u64) -> usize {
+        let mut ids: Vec<&str> = self
+            .leases
+            .values()
+            .filter(|l| l.key.run_id == run_id)
+            .map(|l| l.worker_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
     pub fn lease(&self, lease_id: &str) -> Option<&Lease> {
         self.leases.get(lease_id)
     }

@@ -16,6 +16,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
 
+/// A running run as a progress display shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunProgress {
+    pub run_id: u64,
+    pub name: String,
+    pub phase: String,
+    pub done: usize,
+    pub total: usize,
+    pub workers: usize,
+    pub generations_done: u32,
+}
+
 pub struct Coordinator {
     pub store: Store,
     inner: Mutex<Inner>,
@@ -239,6 +251,30 @@ impl Coordinator {
         drop(inner);
         self.work.notify_waiters();
         Ok(record)
+    }
+
+    /// Each running run's phase, units done and total, and workers on it; None while the
+    /// lock is busy (a tell), so a display never waits on the strategy.
+    pub fn progress(&self) -> Option<Vec<RunProgress>> {
+        let inner = self.inner.try_lock().ok()?;
+        Some(
+            inner
+                .runs
+                .values()
+                .map(|run| {
+                    let (phase, done, total) = run.progress();
+                    RunProgress {
+                        run_id: run.id(),
+                        name: run.record.name.clone(),
+                        phase,
+                        done,
+                        total,
+                        workers: inner.book.workers_on(run.id()),
+                        generations_done: run.record.generations_done,
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Copies the database to `to` while holding the lock, so that no report, tell or

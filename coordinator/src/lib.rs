@@ -8,6 +8,7 @@ pub mod cmaes;
 pub mod coordinator;
 pub mod error;
 pub mod metrics;
+pub mod progress;
 pub mod queries;
 pub mod run;
 pub mod seed;

@@ -1,7 +1,9 @@
 //! `namm-coord`: the coordinator binary.
 
 use clap::{Parser, Subcommand};
+use namm_coord::progress::AboveBars;
 use namm_coord::server::{serve, ServeOptions, TlsFiles};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -116,13 +118,26 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // On a terminal `start` shows a progress line per run; log lines go above the bars.
+    let bars = (matches!(cli.command, Command::Start { .. }) && std::io::stderr().is_terminal())
+        .then(indicatif::MultiProgress::new);
+    match &bars {
+        Some(bars) => {
+            let bars = bars.clone();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(move || AboveBars::new(bars.clone()))
+                .init();
+        }
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    match cli.command {
         Command::Start {
             listen,
             db,
@@ -160,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                     .zip(tls_key)
                     .map(|(cert, key)| TlsFiles { cert, key }),
                 metrics,
+                progress: bars,
             })
             .await
         }

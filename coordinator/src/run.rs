@@ -304,6 +304,16 @@ impl ActiveRun {
         self.cfg.population as u32
     }
 
+    /// Where the current phase stands: its name, and units done of all it has.
+    pub fn progress(&self) -> (String, usize, usize) {
+        let label = match self.phase {
+            Phase::Reference => "reference pass".to_string(),
+            Phase::Generation => format!("generation {}", self.gen.generation),
+        };
+        let done = self.units.iter().filter(|u| u.done.is_some()).count();
+        (label, done, self.units.len())
+    }
+
     /// Whether the current phase is the reference pass.
     pub fn in_reference_pass(&self) -> bool {
         self.phase == Phase::Reference

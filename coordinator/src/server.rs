@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Where to serve Prometheus metrics over plain HTTP.
     pub metrics: Option<SocketAddr>,
+    /// Progress bars to draw the running runs on (a terminal), if any.
+    pub progress: Option<indicatif::MultiProgress>,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -133,6 +135,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+
+    let progress = opts
+        .progress
+        .clone()
+        .map(|bars| tokio::spawn(crate::progress::show(coord.clone(), bars)));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper = {
@@ -234,8 +241,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .context("gRPC server failed")?;
 
     reaper.abort();
-    if let Some(m) = metrics {
-        m.abort();
+    for task in [metrics, progress].into_iter().flatten() {
+        task.abort();
+    }
+    if let Some(bars) = &opts.progress {
+        let _ = bars.clear();
     }
     coord.store.flush()?;
     tracing::info!("database flushed; coordinator stopped");
