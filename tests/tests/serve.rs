@@ -438,3 +438,40 @@ fn sigterm_cancels_what_outlasts_the_grace_period_and_exits_cleanly() {
         "{log}"
     );
 }
+
+#[test]
+fn a_stop_sequence_cuts_the_answer_where_it_starts_streamed_or_not() {
+    let server = Server::start(&[]);
+    let ask = |stop: Option<&str>, stream: bool| {
+        let mut body = json!({"prompt": "Count with me: 1, 2, 3,", "temperature": 0,
+                              "max_tokens": 12, "stream": stream});
+        if let Some(s) = stop {
+            body["stop"] = json!([s]);
+        }
+        body
+    };
+    let (status, whole) = server.post_json("/v1/completions", &ask(None, false));
+    assert_eq!(status, 200, "{whole}");
+    let text = whole["choices"][0]["text"].as_str().unwrap().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 6, "{text:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = &text[..text.find(&stop).unwrap()];
+    let (status, stopped) = server.post_json("/v1/completions", &ask(Some(&stop), false));
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(
+        stopped["choices"][0]["text"], cut,
+        "stop {stop:?} in {text:?}"
+    );
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    let (_, body) = server.request(
+        "POST",
+        "/v1/completions",
+        &ask(Some(&stop), true).to_string(),
+    );
+    assert_eq!(
+        streamed_text(&body, false),
+        cut,
+        "stop {stop:?} in {text:?}"
+    );
+}
