@@ -127,6 +127,15 @@ impl Server {
     }
 }
 
+/// A streamed completion that goes on for `max_tokens` (a count the model keeps continuing,
+/// with no chat turn to end it), for tests that need a request still running.
+fn counting(max_tokens: u32) -> String {
+    let numbers: Vec<String> = (1..=40).map(|i| i.to_string()).collect();
+    json!({"prompt": format!("{},", numbers.join(", ")), "temperature": 0,
+           "max_tokens": max_tokens, "stream": true})
+    .to_string()
+}
+
 /// The `data:` payloads of a server-sent-event body.
 fn sse_data(body: &str) -> Vec<String> {
     body.lines()
@@ -284,13 +293,11 @@ fn eight_concurrent_streams_each_get_their_own_answer() {
 #[test]
 fn a_client_that_goes_away_mid_stream_frees_its_row() {
     let server = Server::start(&[]);
-    let body = json!({"messages": [{"role": "user", "content": "Count from one to five hundred."}],
-                      "temperature": 0, "max_tokens": 2000, "stream": true})
-    .to_string();
+    let body = counting(2000);
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         s,
-        "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -405,14 +412,11 @@ fn sigterm_cancels_what_outlasts_the_grace_period_and_exits_cleanly() {
     let mut server = Server::start(&["--shutdown-grace", "1"]);
     let port = server.port;
     let long = std::thread::spawn(move || {
-        let body =
-            json!({"messages": [{"role": "user", "content": "Count from one to five hundred."}],
-                          "temperature": 0, "max_tokens": 4000, "stream": true})
-            .to_string();
+        let body = counting(4000);
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(
             s,
-            "POST /v1/chat/completions HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/completions HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
