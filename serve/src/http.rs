@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::StreamExt;
 use namm::evaluate::{EvalError, Evaluator};
-use namm::policy::parse_policy;
 use namm_proto::bearer::BearerToken;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -206,19 +205,15 @@ impl App {
     /// Tokenises off the async threads (a long prompt takes a while) and hands the job over.
     async fn queue(&self, id: &str, ask: Ask) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
         let evaluator = Arc::clone(&self.evaluator);
-        let (job_id, input, spec) = (id.to_string(), ask.input.clone(), ask.policy.clone());
-        let prepared =
-            tokio::task::spawn_blocking(move || tokenize(&evaluator, &job_id, &input, &spec))
-                .await
-                .map_err(|e| {
-                    ApiError::new(500, "server_error", format!("tokenising failed: {e}"))
-                })?;
-        let (prompt, policy) = prepared?;
+        let (job_id, input) = (id.to_string(), ask.input);
+        let prompt = tokio::task::spawn_blocking(move || tokenize(&evaluator, &job_id, &input))
+            .await
+            .map_err(|e| ApiError::new(500, "server_error", format!("tokenising failed: {e}")))??;
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
             id: id.to_string(),
             prompt,
-            policy,
+            policy: ask.policy,
             sampling: ask.sampling,
             max_tokens: ask.max_tokens,
             stop: ask.stop,
@@ -242,14 +237,7 @@ impl App {
     }
 }
 
-type Prepared = (Vec<u32>, Box<dyn namm::policy::MemoryPolicy>);
-
-fn tokenize(
-    evaluator: &Evaluator,
-    id: &str,
-    input: &Input,
-    spec: &str,
-) -> Result<Prepared, ApiError> {
+fn tokenize(evaluator: &Evaluator, id: &str, input: &Input) -> Result<Vec<u32>, ApiError> {
     let (field, text) = match input {
         Input::Text(t) => ("prompt", t.clone()),
         Input::Chat(turns) => {
@@ -274,9 +262,7 @@ fn tokenize(
     if ids.len() >= context {
         return Err(too_long(field, ids.len(), context));
     }
-    let policy = parse_policy(spec)
-        .map_err(|e| ApiError::invalid("memory_policy", format!("memory_policy {spec:?}: {e}")))?;
-    Ok((ids, policy))
+    Ok(ids)
 }
 
 fn too_long(field: &str, tokens: usize, context: usize) -> ApiError {

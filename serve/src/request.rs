@@ -2,7 +2,7 @@
 //! under which memory policy. Every refusal names the field.
 
 use namm::engine::Sampling;
-use namm::policy::parse_policy;
+use namm::policy::{parse_policy, MemoryPolicy};
 
 use crate::openai::{ApiError, ChatRequest, Common, CompletionRequest, Content, Prompt, Stop};
 
@@ -28,7 +28,6 @@ pub enum Input {
     Chat(Vec<(String, String)>),
 }
 
-#[derive(Debug, Clone)]
 pub struct Ask {
     pub input: Input,
     pub sampling: Sampling,
@@ -36,7 +35,7 @@ pub struct Ask {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
-    pub policy: String,
+    pub policy: Box<dyn MemoryPolicy>,
 }
 
 pub fn chat(req: ChatRequest, defaults: &Defaults) -> Result<Ask, ApiError> {
@@ -156,8 +155,8 @@ fn ask(input: Input, c: Common, defaults: &Defaults) -> Result<Ask, ApiError> {
         Some(n) => n.min(usize::MAX as u64) as usize,
     };
     let stop = stops(c.stop)?;
-    let policy = c.memory_policy.unwrap_or_else(|| defaults.policy.clone());
-    check_policy(&policy, &defaults.policy)?;
+    let spec = c.memory_policy.unwrap_or_else(|| defaults.policy.clone());
+    let policy = policy_of(&spec, &defaults.policy)?;
     Ok(Ask {
         input,
         sampling,
@@ -198,7 +197,7 @@ fn stops(stop: Option<Stop>) -> Result<Vec<String>, ApiError> {
 
 /// A request may pick any baseline and `namm:default`; a NAMM file only if it is the server's
 /// own (a client must not make the server open files of its choosing).
-fn check_policy(spec: &str, server: &str) -> Result<(), ApiError> {
+fn policy_of(spec: &str, server: &str) -> Result<Box<dyn MemoryPolicy>, ApiError> {
     let file = |s: &str| {
         s.strip_prefix("namm:")
             .map(|rest| rest.split(',').next().unwrap_or("").to_string())
@@ -216,7 +215,6 @@ fn check_policy(spec: &str, server: &str) -> Result<(), ApiError> {
         }
     }
     parse_policy(spec)
-        .map(|_| ())
         .map_err(|e| ApiError::invalid("memory_policy", format!("memory_policy {spec:?}: {e}")))
 }
 
@@ -255,12 +253,12 @@ mod tests {
         );
         assert_eq!((a.sampling.temperature, a.max_tokens), (0.0, 5));
         assert_eq!(a.stop, vec!["\n".to_string()]);
-        assert_eq!(a.policy, "snapkv:budget=0.25");
+        assert_eq!(a.policy.name(), "snapkv:budget=0.25,window=32,kernel=7");
     }
 
     #[test]
     fn bad_fields_are_named() {
-        let param = |body: &str| chat_of(body).unwrap_err().param.unwrap();
+        let param = |body: &str| chat_of(body).err().expect("refused").param.unwrap();
         let msg = r#""messages": [{"role": "user", "content": "hi"}]"#;
         assert_eq!(param(r#"{"messages": []}"#), "messages");
         assert_eq!(

@@ -115,13 +115,10 @@ impl<'m> Stream<'m> {
         let model = self.session.model();
         let cfg = model.config();
         let seen = self.session.tokens_seen().max(1);
-        let kept = self.session.kept_per_layer();
-        let kept_fraction =
-            kept.iter().map(|&k| k as f64 / seen as f64).sum::<f64>() / kept.len().max(1) as f64;
         StreamStats {
             prompt_tokens: self.prompt.len(),
             generated_tokens: self.generated,
-            kept_fraction,
+            kept_fraction: super::mean_fraction(&self.session.kept_per_layer(), seen),
             peak_kv_bytes: self.session.peak_kv_bytes(),
             full_kv_bytes: seen * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2 * 4,
             prefill_secs: self.prefill_secs,
