@@ -23,10 +23,15 @@ multi-key NIAH 0), Z₀ with a linear age penalty (0 / 12.5), Z₀ with a unifor
 window (0 / 25), pooling Z₀ without the cos term (50 / 0); this start: 62.5 / 37.5; SnapKV
 87.5 / 50.
 
+With `window`, the start of a NAMM with the window feature set (metadata `features =
+window`: bin 16 of the spectrogram replaced by the log of the attention from the
+invocation's last 32 queries, max-pooled over 7 tokens): score = that feature + b_s, which
+ranks the tokens as SnapKV does, for the search to refine with the age and the spectrogram.
+
 The file has no statistics (norm_count 0): a run started from it computes them in its
 reference pass, for whatever model it trains.
 
-usage: scripts/namm-start.py OUT.safetensors [POOL (default 1)]
+usage: scripts/namm-start.py OUT.safetensors [POOL (default 1) | window]
 """
 import json
 import struct
@@ -40,6 +45,7 @@ W_S = 4146          # final linear layer w_s[25], then b_s
 # features: sin(age·ω₀..₃) = 0..3, cos(age·ω₀..₃) = 4..7, then 17 spectral bins
 SIN_1, SIN_2, COS_1, COS_2 = 1, 2, 5, 6
 Z0 = 8
+WINDOW = 24         # the window feature set's statistic in place of bin 16
 N_BINS = 17
 
 
@@ -57,7 +63,14 @@ def start(pool):
     return theta
 
 
-def write(out, theta, note):
+def window_start():
+    theta = [0.0] * PARAMS
+    theta[W_S + WINDOW] = 1.0
+    theta[W_S + 25] = 10.0
+    return theta
+
+
+def write(out, theta, note, metadata=None):
     tensors = [
         ("params", "F32", "f", theta),
         ("norm_mean", "F64", "d", [0.0] * N_BINS),
@@ -71,7 +84,7 @@ def write(out, theta, note):
                         "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)
-    header["__metadata__"] = {"format": "namm-params-v1", "vector": note}
+    header["__metadata__"] = {"format": "namm-params-v1", "vector": note, **(metadata or {})}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     with open(out, "wb") as f:
@@ -81,5 +94,9 @@ def write(out, theta, note):
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    pool = float(sys.argv[2]) if len(sys.argv) == 3 else 1.0
-    write(sys.argv[1], start(pool), f"hand-set start: pooled attention mass, pool {pool}")
+    if sys.argv[2:] == ["window"]:
+        write(sys.argv[1], window_start(), "hand-set start: observation-window attention",
+              {"features": "window"})
+    else:
+        pool = float(sys.argv[2]) if len(sys.argv) == 3 else 1.0
+        write(sys.argv[1], start(pool), f"hand-set start: pooled attention mass, pool {pool}")

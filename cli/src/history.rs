@@ -5,7 +5,7 @@ use crate::output::{
 };
 use crate::source::Source;
 use anyhow::Context;
-use namm::policy::{NammParams, BUDGET_KEY};
+use namm::policy::{NammParams, BUDGET_KEY, FEATURES_KEY};
 use namm::spec::RunSpec;
 use namm::stats::NormStats;
 use namm_proto::{GenerationRecord, RunRecord, UnitKind};
@@ -295,6 +295,9 @@ fn export_params(
     // `namm:FILE` applies the budget the NAMM was trained at.
     if let Some(b) = namm.budget() {
         metadata.insert(BUDGET_KEY.to_string(), b.to_string());
+    }
+    if !namm.features.is_spectral() {
+        metadata.insert(FEATURES_KEY.to_string(), namm.features.name().into());
     }
     Ok(NammParams {
         params: values.iter().map(|&v| v as f32).collect(),

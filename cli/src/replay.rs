@@ -39,6 +39,15 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         .map(NammParams::load)
         .transpose()
         .context("loading --params")?;
+    if let Some(p) = &params {
+        let features = p.feature_set().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            features.is_spectral(),
+            "--params: the file's NAMM reads the {} features; a replay reproduces the \
+             reference's, the spectrogram",
+            features.name()
+        );
+    }
     let options = ReplayOptions { precision, params };
     let result = replay_file(&args.file, &options)
         .with_context(|| format!("replaying {}", args.file.display()))?;

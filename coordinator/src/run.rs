@@ -13,7 +13,7 @@ use crate::error::CoordError;
 use crate::seed::{rng_for, Purpose};
 use crate::store::{GenerationCommit, Store};
 use crate::strategy;
-use namm::policy::NammParams;
+use namm::policy::{FeatureSet, NammParams};
 use namm::spec::{FitnessKind, NammSpec, ObjectiveKind, RunSpec, X0};
 use namm::stats::NormStats;
 use namm::training::{self, ItemScore, ANSWER_LOGPROB, KEPT_FRACTION};
@@ -368,6 +368,10 @@ impl ActiveRun {
                     norm_stats: self.record.frozen_stats.clone(),
                     accumulate_stats,
                     budget: namm.budget().map(|b| b.to_string()).unwrap_or_default(),
+                    features: match namm.features {
+                        FeatureSet::Spectral => String::new(),
+                        other => other.name().into(),
+                    },
                     decode: measure == Measure::Decode,
                     answer_likelihood: measure == Measure::AnswerLikelihood,
                 })
@@ -748,6 +752,15 @@ fn warm_start(spec: &mut RunSpec) -> Result<Option<namm_proto::NormStats>, Coord
         return Err(bad("give either init_from or x0, not both".into()));
     }
     let file = NammParams::load(&locate(&path)).map_err(|e| bad(e.to_string()))?;
+    let features = file.feature_set().map_err(bad)?;
+    let wanted = spec.namm.as_ref().map_or(FeatureSet::Spectral, |n| n.features);
+    if features != wanted {
+        return Err(bad(format!(
+            "the file's NAMM reads the {} features, the run's `namm.features` is {}",
+            features.name(),
+            wanted.name()
+        )));
+    }
     if file.params.len() != spec.dim() {
         return Err(bad(format!(
             "the file has {} parameters, the run {}",
@@ -1170,6 +1183,38 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
             .unwrap()
             .to_string();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    /// The window start file makes a `features = "window"` run whose every unit (the
+    /// statistics pass included) names the feature set; a spectral run refuses the file.
+    #[test]
+    fn a_window_run_names_its_features_and_refuses_a_mismatched_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let start = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../assets/namm-window-start.safetensors"
+        );
+        let spec = |features: &str| {
+            RunSpec::from_toml(&format!(
+                "[strategy]\npopulation = 4\ninit_from = {start:?}\n[namm]\n\
+                 tasks = [\"passkey:len=600\"]\npool_size = 2\nheldout_size = 0\n\
+                 heldout_every = 0\nprompts_per_task = 1\nbudget = 0.25\n{features}\n"
+            ))
+            .unwrap()
+        };
+        let run = ActiveRun::create(&store, spec("features = \"window\"")).unwrap();
+        let keys = run.missing_units();
+        let Some(objective::Kind::Namm(obj)) = run.objective(&keys[0]).kind else {
+            panic!("a NAMM objective");
+        };
+        assert!(obj.accumulate_stats, "the start file has no statistics");
+        assert_eq!(obj.features, "window");
+        let err = ActiveRun::create(&store, spec("")).err().unwrap().to_string();
+        assert!(
+            err.contains("strategy.init_from") && err.contains("window") && err.contains("spectral"),
+            "{err}"
+        );
     }
 
     #[test]

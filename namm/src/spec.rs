@@ -2,7 +2,7 @@
 //! unknown field is an error that names it, so a typo never silently runs the wrong experiment.
 
 use crate::objective::Benchmark;
-use crate::policy::{Budget, PARAM_COUNT};
+use crate::policy::{Budget, FeatureSet, PARAM_COUNT};
 use crate::tasks::TaskSpec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -173,6 +173,10 @@ pub struct NammSpec {
     pub budget: Option<BudgetValue>,
     /// What a candidate's fitness measures (see [`FitnessKind`]).
     pub fitness: FitnessKind,
+    /// The token statistics the NAMM reads: `spectral` (the paper's) or `window` (see
+    /// [`FeatureSet`]); recorded in exported files.
+    #[serde(skip_serializing_if = "FeatureSet::is_spectral")]
+    pub features: FeatureSet,
 }
 
 /// A budget as TOML writes it: a float is a fraction of the tokens seen, an integer a count.
@@ -240,6 +244,7 @@ impl Default for NammSpec {
             shard_size: 4,
             budget: None,
             fitness: FitnessKind::Metric,
+            features: FeatureSet::Spectral,
         }
     }
 }
@@ -301,7 +306,7 @@ impl Default for StopSpec {
 }
 
 /// The default NAMM run.
-const DEFAULT_RECIPE: &str = include_str!("../../examples/runs/namm-budget.toml");
+const DEFAULT_RECIPE: &str = include_str!("../../examples/runs/namm-window.toml");
 
 /// CMA-ES's default population size for dimension `dim`: 4 + ⌊3 ln n⌋.
 pub fn default_population(dim: usize) -> usize {
@@ -387,7 +392,7 @@ impl RunSpec {
     }
 
     /// The run `namm-coord start` submits without `--run`: the recipe the shipped NAMM was
-    /// trained with (`examples/runs/namm-budget.toml`). An empty spec is instead the paper's
+    /// trained with (`examples/runs/namm-window.toml`). An empty spec is instead the paper's
     /// procedure (threshold selection, metric fitness, population 32).
     pub fn default_namm() -> RunSpec {
         RunSpec::from_toml(DEFAULT_RECIPE).expect("the default recipe is valid")
@@ -718,6 +723,7 @@ target_fitness = -1e-8
         let namm = spec.namm.as_ref().unwrap();
         assert_eq!(namm.budget(), Some(Budget::Fraction(0.25)));
         assert_eq!(namm.fitness, FitnessKind::Likelihood);
+        assert_eq!(namm.features, FeatureSet::Window);
         assert_eq!(spec.covariance(), Covariance::Diagonal);
         assert!(spec.strategy.init_from.is_some());
         assert_eq!(spec.stop.target_fitness, f64::INFINITY);

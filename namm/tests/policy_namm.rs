@@ -2,8 +2,8 @@
 //! production path against the f64 path, parameter files, statistics accumulation.
 
 use namm::policy::{
-    parse_policy, BamLayout, Invocation, LayerView, MemoryPolicy, NammCore, NammParams, NammPolicy,
-    NormMode,
+    parse_policy, BamLayout, Budget, FeatureSet, Invocation, LayerView, MemoryPolicy, NammCore,
+    NammParams, NammPolicy, NormMode,
 };
 use namm::stats::NormStats;
 use rand::{Rng, SeedableRng};
@@ -250,4 +250,65 @@ fn the_shipped_namm_loads_as_default() {
     assert!(policy.name().starts_with("namm:"), "{}", policy.name());
     assert!(policy.name().contains(",budget="), "{}", policy.name());
     assert!(policy.inputs().attention);
+}
+
+/// The hand-set start of the window feature set (`assets/namm-window-start.safetensors`)
+/// ranks tokens by SnapKV's score, so at the same budget it keeps what SnapKV keeps (up to
+/// rounding: SnapKV sums in f32, the feature in f64), across invocations; the spectral NAMM
+/// with the same θ reads the Nyquist bin instead and keeps something else.
+#[test]
+fn the_window_start_keeps_what_snapkv_keeps() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../assets/namm-window-start.safetensors"
+    ));
+    let file = NammParams::load(path).unwrap();
+    assert_eq!(file.feature_set().unwrap(), FeatureSet::Window);
+    let mut namm = NammPolicy::from_file_with_budget(path, Some(Budget::Fraction(0.25))).unwrap();
+    assert_eq!(namm.feature_set(), FeatureSet::Window);
+    let mut spectral = NammPolicy::new(file.params.clone(), NormMode::accumulate())
+        .unwrap()
+        .with_budget(Some(Budget::Fraction(0.25)));
+    let mut snapkv = parse_policy("snapkv:budget=0.25").unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (heads, n_new) = (3, 512);
+    let (mut n_old, mut seen, mut pos) = (0usize, 0usize, vec![Vec::<u32>::new(); heads]);
+    let (mut agree, mut total, mut differs) = (0usize, 0usize, false);
+    for _ in 0..3 {
+        let n = n_old + n_new;
+        for p in pos.iter_mut() {
+            p.extend(seen as u32..(seen + n_new) as u32);
+        }
+        seen += n_new;
+        let attn = attention(&mut rng, heads, n, n_new);
+        let flat: Vec<u32> = pos.concat();
+        let view = LayerView {
+            layer: 0,
+            n_heads: heads,
+            n_tokens: n,
+            n_new,
+            attn: &attn,
+            positions: &flat,
+            key_norms: &[],
+            tokens_seen: seen,
+        };
+        let ours = namm.select(&view).expect("the budget evicts");
+        let theirs = snapkv.select(&view).expect("the budget evicts");
+        let other = spectral.select(&view).expect("the budget evicts");
+        differs |= other != ours;
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a.len(), b.len());
+            agree += a.iter().filter(|j| b.binary_search(j).is_ok()).count();
+            total += a.len();
+        }
+        // Everyone continues from the window NAMM's selection (SnapKV and the spectral NAMM
+        // are stateless or keep their own state aligned with what they were given).
+        n_old = ours[0].len();
+        for (p, kept) in pos.iter_mut().zip(&ours) {
+            *p = kept.iter().map(|&j| p[j]).collect();
+        }
+        spectral.reset();
+    }
+    assert!(agree * 1000 >= total * 995, "{agree} of {total} kept tokens agree");
+    assert!(differs, "the spectral features must rank differently");
 }

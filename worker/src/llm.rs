@@ -14,7 +14,7 @@ use namm::engine::{AnswerScore, InvocationStats};
 use namm::evaluate::{Evaluator, Prepared, SampleResult};
 use namm::model::{ModelSource, WeightFormat};
 use namm::policy::{
-    parse_budget, FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT,
+    parse_budget, FeatureSet, FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT,
 };
 use namm::stats::NormStats;
 use namm::tasks::{Task, TaskSpec};
@@ -193,12 +193,22 @@ impl Llm {
                 .into());
         }
         let kind = unit.key.map(|k| k.kind()).unwrap_or_default();
+        let features = match obj.features.trim() {
+            "" => FeatureSet::Spectral,
+            f => FeatureSet::parse(f).ok_or_else(|| {
+                format!(
+                    "objective.features is {f:?}; expected one of {}",
+                    FeatureSet::NAMES
+                )
+            })?,
+        };
         // Reference units run the full cache; the first pass runs it as the NAMM with θ = 0
         // (which keeps every token) to accumulate the statistics.
         let policy = match (kind, obj.accumulate_stats, &obj.norm_stats) {
             (UnitKind::Reference, true, _) => PlanPolicy::Namm(Box::new(
                 NammPolicy::new(vec![0.0; PARAM_COUNT], NormMode::accumulate())
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.to_string())?
+                    .with_feature_set(features),
             )),
             (UnitKind::Reference, false, _) => PlanPolicy::Full(FullCache),
             (_, true, _) => return Err("only reference units accumulate statistics".into()),
@@ -224,6 +234,7 @@ impl Llm {
                 PlanPolicy::Namm(Box::new(
                     NammPolicy::new(params, NormMode::Frozen(stats))
                         .map_err(|e| e.to_string())?
+                        .with_feature_set(features)
                         .with_budget(budget),
                 ))
             }

@@ -79,6 +79,79 @@ pub fn recency_row(age: usize) -> &'static [f32; RECENCY_DIM] {
     &table[age.min(MAX_AGE)]
 }
 
+/// What the 17 token statistics after the age embedding are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureSet {
+    /// The paper's: the 17 bins of the EMA attention spectrogram (spec §4).
+    #[default]
+    Spectral,
+    /// Bins 0–15 of the spectrogram, and in place of the Nyquist bin 16 the log of the
+    /// attention a token received from the invocation's last [`WINDOW_QUERIES`] queries,
+    /// max-pooled over [`WINDOW_KERNEL`] neighbouring tokens ([`window_feature`]). The EMA
+    /// spreads its weight over the last ~100 queries and the Hann window gives an
+    /// invocation's last queries the least, so the spectrogram cannot single out the end of
+    /// the prompt (the question), which SnapKV's observation window does; the Nyquist bin
+    /// (alternation between consecutive queries) is the one given up. Same parameter layout.
+    Window,
+}
+
+impl FeatureSet {
+    pub const NAMES: &'static str = "spectral, window";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "spectral" => Some(FeatureSet::Spectral),
+            "window" => Some(FeatureSet::Window),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            FeatureSet::Spectral => "spectral",
+            FeatureSet::Window => "window",
+        }
+    }
+
+    pub fn is_spectral(&self) -> bool {
+        *self == FeatureSet::Spectral
+    }
+}
+
+/// Queries of the observation window of [`FeatureSet::Window`] (SnapKV's default).
+pub const WINDOW_QUERIES: usize = 32;
+/// Tokens the window attention is max-pooled over (SnapKV's default kernel).
+pub const WINDOW_KERNEL: usize = 7;
+/// The statistic [`FeatureSet::Window`] puts in place of bin 16.
+pub const WINDOW_BIN: usize = N_BINS - 1;
+
+/// `out[j] = ln(1e-6 + max_{|j'−j| ≤ 3} Σ_{last 32 queries i} attn[i][j'])` for one head
+/// (`attn` is `[n_new][n_tokens]`); the window's own tokens get ln(32 + 1e-6), the most any
+/// token can receive, as SnapKV protects them.
+pub fn window_feature<T: Real>(attn: &[T], n_new: usize, n_tokens: usize, out: &mut [T]) {
+    debug_assert_eq!(attn.len(), n_new * n_tokens);
+    debug_assert_eq!(out.len(), n_tokens);
+    let w = WINDOW_QUERIES.min(n_new);
+    let mut summed = vec![0.0f64; n_tokens];
+    for row in attn[(n_new - w) * n_tokens..].chunks_exact(n_tokens) {
+        for (s, &a) in summed.iter_mut().zip(row) {
+            *s += a.to_f64();
+        }
+    }
+    let radius = WINDOW_KERNEL / 2;
+    let protected = n_tokens.saturating_sub(w);
+    for (j, o) in out.iter_mut().enumerate() {
+        let pooled = if j >= protected {
+            w as f64
+        } else {
+            let (lo, hi) = (j.saturating_sub(radius), (j + radius + 1).min(n_tokens));
+            summed[lo..hi].iter().fold(0.0f64, |m, &a| m.max(a))
+        };
+        *o = T::from_f64((pooled + 1e-6).ln());
+    }
+}
+
 /// EMA weights `(1−α)·α^(F−1−f)` of the F frames of one invocation, α = 0.99^16.
 pub fn frame_weights<T: Real>(frames: usize) -> Vec<T> {
     let alpha = EMA_COEFF.powi(HOP as i32);
@@ -317,6 +390,33 @@ mod tests {
                 assert!((mag[k][l] - want[k]).abs() < 1e-13, "bin {k} lane {l}");
             }
         }
+    }
+
+    #[test]
+    fn the_window_feature_pools_the_last_queries_and_protects_their_tokens() {
+        let (n_new, n) = (48, 60);
+        let mut attn = vec![0.0f64; n_new * n];
+        // Only the last 32 queries count: an earlier query's attention to token 5 is ignored.
+        attn[3 * n + 5] = 1.0;
+        for i in n_new - 32..n_new {
+            attn[i * n + 10] = 0.5;
+            attn[i * n + 20] = 0.25;
+        }
+        let mut out = vec![0.0; n];
+        window_feature(&attn, n_new, n, &mut out);
+        let ln = |x: f64| (x + 1e-6).ln();
+        assert_eq!(out[5], ln(0.0));
+        for j in 7..=13 {
+            assert_eq!(out[j], ln(16.0), "token {j} is within 3 of token 10");
+        }
+        assert_eq!(out[14], ln(0.0));
+        assert_eq!(out[17], ln(8.0));
+        for j in n - 32..n {
+            assert_eq!(out[j], ln(32.0), "the window's own token {j}");
+        }
+        assert_eq!(FeatureSet::parse("window"), Some(FeatureSet::Window));
+        assert_eq!(FeatureSet::parse(FeatureSet::Spectral.name()), Some(FeatureSet::Spectral));
+        assert_eq!(FeatureSet::parse("fft"), None);
     }
 
     #[test]

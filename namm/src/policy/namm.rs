@@ -10,8 +10,8 @@ use super::bam::{bam_scores, BamScratch, BamWeights};
 use super::baselines::Budget;
 use super::error::PolicyError;
 use super::features::{
-    carry_decay, frame_weights, recency_row, spectrum_ema, SpectrumInput, Twiddles, FEATURE_DIM,
-    HOP, N_BINS, RECENCY_DIM,
+    carry_decay, frame_weights, recency_row, spectrum_ema, window_feature, FeatureSet,
+    SpectrumInput, Twiddles, FEATURE_DIM, HOP, N_BINS, RECENCY_DIM, WINDOW_BIN,
 };
 use super::layout::BamLayout;
 use super::real::Real;
@@ -71,11 +71,14 @@ struct LayerState<T> {
 #[derive(Debug)]
 pub struct NammCore<T: Real> {
     layout: BamLayout,
+    feature_set: FeatureSet,
     weights: BamWeights<T>,
     norm: NormMode,
     twiddles: Twiddles<T>,
     layers: Vec<Option<LayerState<T>>>,
     spec: Vec<T>,
+    /// `[H][N]` [`window_feature`] of the last call ([`FeatureSet::Window`] only).
+    window: Vec<T>,
     features: Vec<T>,
     scores: Vec<T>,
     /// One per head, so heads can run on separate threads.
@@ -127,11 +130,13 @@ impl<T: Real> NammCore<T> {
         }
         Ok(NammCore {
             layout,
+            feature_set: FeatureSet::Spectral,
             weights: BamWeights::new(layout, params),
             norm,
             twiddles: Twiddles::new(),
             layers: Vec::new(),
             spec: Vec::new(),
+            window: Vec::new(),
             features: Vec::new(),
             scores: Vec::new(),
             bam: Vec::new(),
@@ -156,6 +161,15 @@ impl<T: Real> NammCore<T> {
 
     pub fn layout(&self) -> BamLayout {
         self.layout
+    }
+
+    pub fn with_feature_set(mut self, feature_set: FeatureSet) -> Self {
+        self.feature_set = feature_set;
+        self
+    }
+
+    pub fn feature_set(&self) -> FeatureSet {
+        self.feature_set
     }
 
     /// The frozen statistics, or the running set including every call so far.
@@ -272,8 +286,24 @@ impl<T: Real> NammCore<T> {
             }
         });
 
+        self.window.clear();
+        if self.feature_set == FeatureSet::Window {
+            self.window.resize(h_count * n, T::ZERO);
+            let heads = self.window.chunks_exact_mut(n).enumerate();
+            for_each_head(threads, heads, |(h, out)| {
+                window_feature(&inv.attn[h * n_new * n..(h + 1) * n_new * n], n_new, n, out);
+            });
+        }
+        let (spec, window) = (&self.spec, &self.window);
+        // The 17 statistics of token row r (head-major): the spectrum, bin 16 replaced by the
+        // window feature when there is one.
+        let stat = move |r: usize, k: usize| match window.get(r) {
+            Some(&w) if k == WINDOW_BIN => w,
+            _ => spec[r * N_BINS + k],
+        };
         if let NormMode::Accumulate(running) = &mut self.norm {
-            let batch = NormStats::from_rows(N_BINS, self.spec.iter().map(|v| v.to_f64()));
+            let rows = (0..h_count * n).flat_map(|r| (0..N_BINS).map(move |k| stat(r, k).to_f64()));
+            let batch = NormStats::from_rows(N_BINS, rows);
             *running = batch.merge(running)?;
         }
         let stats = self.norm.stats();
@@ -288,7 +318,6 @@ impl<T: Real> NammCore<T> {
             self.bam.resize_with(h_count, BamScratch::default);
         }
         let weights = &self.weights;
-        let spec = &self.spec;
         let heads = self
             .features
             .chunks_exact_mut(n * FEATURE_DIM)
@@ -303,9 +332,8 @@ impl<T: Real> NammCore<T> {
                 for (d, &r) in f[..RECENCY_DIM].iter_mut().zip(recency_row(age)) {
                     *d = T::from_f32(r);
                 }
-                let r = &spec[(h * n + j) * N_BINS..(h * n + j + 1) * N_BINS];
                 for k in 0..N_BINS {
-                    f[RECENCY_DIM + k] = (r[k] - mean[k]) / scale[k];
+                    f[RECENCY_DIM + k] = (stat(h * n + j, k) - mean[k]) / scale[k];
                 }
             }
             bam_scores(weights, features, n, scratch, scores);
@@ -447,6 +475,16 @@ impl NammPolicy {
 
     pub fn budget(&self) -> Option<Budget> {
         self.budget
+    }
+
+    /// Which statistics follow the age embedding (the paper's spectrogram by default).
+    pub fn with_feature_set(mut self, feature_set: FeatureSet) -> Self {
+        self.core = self.core.with_feature_set(feature_set);
+        self
+    }
+
+    pub fn feature_set(&self) -> FeatureSet {
+        self.core.feature_set()
     }
 
     /// See [`NammCore::set_threads`].

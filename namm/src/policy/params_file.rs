@@ -9,7 +9,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::baselines::Budget;
 use super::error::PolicyError;
-use super::features::N_BINS;
+use super::features::{FeatureSet, N_BINS};
 use super::layout::BamLayout;
 use super::namm::{NammPolicy, NormMode};
 use super::parse::parse_budget;
@@ -20,6 +20,8 @@ const FORMAT_KEY: &str = "format";
 /// Metadata key of the memory budget the NAMM was trained at (`0.25`, `512`), which
 /// `namm:FILE` applies unless the spec gives its own.
 pub const BUDGET_KEY: &str = "budget";
+/// Metadata key of the NAMM's [`FeatureSet`] (`window`); absent: the paper's spectrogram.
+pub const FEATURES_KEY: &str = "features";
 const FORMAT: &str = "namm-params-v1";
 
 /// The contents of a parameter file.
@@ -178,6 +180,19 @@ impl NammParams {
             .map(|v| parse_budget("namm", v))
             .transpose()
     }
+
+    /// The feature set recorded in the metadata (the paper's spectrogram when absent).
+    pub fn feature_set(&self) -> Result<FeatureSet, String> {
+        match self.metadata.get(FEATURES_KEY) {
+            None => Ok(FeatureSet::Spectral),
+            Some(v) => FeatureSet::parse(v).ok_or_else(|| {
+                format!(
+                    "metadata `{FEATURES_KEY}` is {v:?}; expected one of {}",
+                    FeatureSet::NAMES
+                )
+            }),
+        }
+    }
 }
 
 impl NammPolicy {
@@ -197,6 +212,10 @@ impl NammPolicy {
                 reason: format!("metadata `{BUDGET_KEY}`: {e}"),
             })?,
         };
+        let features = file.feature_set().map_err(|reason| PolicyError::File {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let mode = file.norm_mode();
         if matches!(mode, NormMode::Accumulate(_)) {
             warn_no_statistics(path);
@@ -206,6 +225,7 @@ impl NammPolicy {
             None => format!("namm:{}", path.display()),
         };
         Ok(NammPolicy::new(file.params, mode)?
+            .with_feature_set(features)
             .with_budget(budget)
             .with_label(label))
     }
