@@ -246,6 +246,12 @@ fn the_shipped_namm_loads_as_default() {
         file.budget().unwrap().is_some(),
         "the shipped NAMM records the budget it was trained at"
     );
+    let recipe = namm::spec::RunSpec::default_namm().namm.unwrap();
+    assert_eq!(
+        file.feature_set().unwrap(),
+        recipe.features,
+        "the shipped NAMM was trained with the default recipe's features"
+    );
     let policy = parse_policy("namm:default").unwrap();
     assert!(policy.name().starts_with("namm:"), "{}", policy.name());
     assert!(policy.name().contains(",budget="), "{}", policy.name());
