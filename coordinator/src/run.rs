@@ -753,7 +753,10 @@ fn warm_start(spec: &mut RunSpec) -> Result<Option<namm_proto::NormStats>, Coord
     }
     let file = NammParams::load(&locate(&path)).map_err(|e| bad(e.to_string()))?;
     let features = file.feature_set().map_err(bad)?;
-    let wanted = spec.namm.as_ref().map_or(FeatureSet::Spectral, |n| n.features);
+    let wanted = spec
+        .namm
+        .as_ref()
+        .map_or(FeatureSet::Spectral, |n| n.features);
     if features != wanted {
         return Err(bad(format!(
             "the file's NAMM reads the {} features, the run's `namm.features` is {}",
@@ -1210,9 +1213,14 @@ tasks = ["passkey:len=600", "niah-multikey:len=600"]
         };
         assert!(obj.accumulate_stats, "the start file has no statistics");
         assert_eq!(obj.features, "window");
-        let err = ActiveRun::create(&store, spec("")).err().unwrap().to_string();
+        let err = ActiveRun::create(&store, spec(""))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
-            err.contains("strategy.init_from") && err.contains("window") && err.contains("spectral"),
+            err.contains("strategy.init_from")
+                && err.contains("window")
+                && err.contains("spectral"),
             "{err}"
         );
     }

@@ -315,6 +315,9 @@ fn the_window_start_keeps_what_snapkv_keeps() {
         }
         spectral.reset();
     }
-    assert!(agree * 1000 >= total * 995, "{agree} of {total} kept tokens agree");
+    assert!(
+        agree * 1000 >= total * 995,
+        "{agree} of {total} kept tokens agree"
+    );
     assert!(differs, "the spectral features must rank differently");
 }

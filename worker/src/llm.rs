@@ -14,7 +14,8 @@ use namm::engine::{AnswerScore, InvocationStats};
 use namm::evaluate::{Evaluator, Prepared, SampleResult};
 use namm::model::{ModelSource, WeightFormat};
 use namm::policy::{
-    parse_budget, FeatureSet, FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT,
+    parse_budget, FeatureSet, FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs,
+    PARAM_COUNT,
 };
 use namm::stats::NormStats;
 use namm::tasks::{Task, TaskSpec};

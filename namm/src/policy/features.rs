@@ -415,7 +415,10 @@ mod tests {
             assert_eq!(out[j], ln(32.0), "the window's own token {j}");
         }
         assert_eq!(FeatureSet::parse("window"), Some(FeatureSet::Window));
-        assert_eq!(FeatureSet::parse(FeatureSet::Spectral.name()), Some(FeatureSet::Spectral));
+        assert_eq!(
+            FeatureSet::parse(FeatureSet::Spectral.name()),
+            Some(FeatureSet::Spectral)
+        );
         assert_eq!(FeatureSet::parse("fft"), None);
     }
 

@@ -19,10 +19,10 @@ mod simd;
 
 pub use baselines::{Baseline, BaselineKind, Budget, FullCache};
 pub use error::PolicyError;
+pub use features::FeatureSet;
 pub use gqa::gqa_mean;
 pub use layout::{BamLayout, PARAM_COUNT};
 pub use namm::{Invocation, NammCore, NammPolicy, NormMode};
-pub use features::FeatureSet;
 pub use params_file::{NammParams, BUDGET_KEY, FEATURES_KEY};
 pub use parse::{parse_budget, parse_policy, DEFAULT_NAMM_PATH, VALID_POLICIES};
 pub use real::Real;
