@@ -1,9 +1,11 @@
 //! The coordinator's state machine behind both gRPC services: runs in flight, the lease book
 //! and the store, under one lock (every step is short; the store flushes inside it so an
-//! acknowledged change is durable).
+//! acknowledged change is durable). A generation's tell, the one step that computes for
+//! long, runs outside the lock on a run taken out of the map for it.
 
 use crate::book::LeaseBook;
 use crate::error::CoordError;
+use crate::live_store::LiveStore;
 use crate::run::{now_unix_ms, unit_id, ActiveRun, Told};
 use crate::store::Store;
 use namm::spec::RunSpec;
@@ -11,8 +13,8 @@ use namm_proto::{
     EvalRecord, ItemResult, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind,
     WatchEvent, WorkUnit, WorkerInfo,
 };
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
 
@@ -29,8 +31,10 @@ pub struct RunProgress {
 }
 
 pub struct Coordinator {
-    pub store: Store,
+    db: LiveStore,
     inner: Mutex<Inner>,
+    /// Signalled when a tell ends, for calls that wait until no run is being told.
+    told: Condvar,
     /// Woken whenever units are queued, for long-polling leases.
     work: Notify,
     events: broadcast::Sender<WatchEvent>,
@@ -42,6 +46,8 @@ pub struct Coordinator {
 
 struct Inner {
     runs: BTreeMap<u64, ActiveRun>,
+    /// Runs taken out of `runs` while their generation is told.
+    telling: BTreeSet<u64>,
     book: LeaseBook,
 }
 
@@ -54,35 +60,20 @@ impl Coordinator {
     ) -> Result<Arc<Coordinator>, CoordError> {
         let mut inner = Inner {
             runs: BTreeMap::new(),
+            telling: BTreeSet::new(),
             book: LeaseBook::new(lease_ttl, max_lease),
         };
-        let mut told = Vec::new();
-        for record in store.list_runs()? {
-            if record.status != RunStatus::Running as i32 {
-                continue;
-            }
-            let id = record.run_id;
-            let mut run = ActiveRun::resume(&store, record)?;
-            tracing::info!(
-                run = id,
-                generation = run.generation(),
-                missing = run.missing_units().len(),
-                "resumed run"
-            );
-            // A crash between the last report and the tell leaves a complete phase.
-            while run.is_running() && run.is_complete() {
-                told.extend(run.advance(&store)?);
-            }
-            if run.is_running() {
-                inner.book.enqueue(run.missing_units());
-                inner.runs.insert(id, run);
-            }
+        let (runs, told) = resume_runs(&store)?;
+        for run in runs.values() {
+            inner.book.enqueue(run.missing_units());
         }
+        inner.runs = runs;
         let (events, _) = broadcast::channel(1024);
         let (active, _) = watch::channel(inner.runs.len());
         let coord = Arc::new(Coordinator {
-            store,
+            db: LiveStore::new(store),
             inner: Mutex::new(inner),
+            told: Condvar::new(),
             work: Notify::new(),
             events,
             active,
@@ -98,6 +89,59 @@ impl Coordinator {
         // A panic inside the lock already aborted that request; the data stays consistent
         // because every mutation is written to the store before the in-memory state moves on.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock, once no run is being told (what a backup or a cancel must not cut into).
+    fn lock_between_tells(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        while !inner.telling.is_empty() {
+            inner = self.told.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        inner
+    }
+
+    /// The open store, for one request.
+    pub fn store(&self) -> Result<Store, CoordError> {
+        self.db.get()
+    }
+
+    /// After a failed database write, when the retry is due: reopens the database, checks
+    /// that it takes a write, and rebuilds every running run from what it holds (what a
+    /// restart would do), keeping the workers and their leases. Called periodically.
+    pub fn recover(&self) {
+        if !self.db.retry_due() {
+            return;
+        }
+        let mut inner = self.lock();
+        if !inner.telling.is_empty() {
+            return;
+        }
+        let told = self.db.reopen().map_err(CoordError::from).and_then(|()| {
+            let store = self.db.get()?;
+            store.probe_write()?;
+            let (runs, told) = resume_runs(&store)?;
+            // Units leased before the failure stay leased: their workers report them now.
+            for run in runs.values() {
+                inner.book.enqueue(run.missing_units());
+            }
+            inner.runs = runs;
+            Ok(told)
+        });
+        match told {
+            Ok(told) => {
+                self.active.send_replace(inner.runs.len());
+                drop(inner);
+                self.db.recovered();
+                for t in told {
+                    self.publish(t);
+                }
+                self.work.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the database still cannot be written; retrying later");
+                self.db.retry_failed(e.to_string());
+            }
+        }
     }
 
     /// Stops handing out work: pending and future lease calls answer with no units, and
@@ -180,11 +224,11 @@ impl Coordinator {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        let sha = inner
-            .runs
-            .get(&run_id)
-            .filter(|run| run.is_running())
-            .and_then(|run| run.model_sha256());
+        let running = inner.runs.get(&run_id).filter(|run| run.is_running());
+        if let (Some(_), Some(failure)) = (running, self.db.failure()) {
+            return Some(failure.describe());
+        }
+        let sha = running.and_then(|run| run.model_sha256());
         Some(match sha {
             Some(sha) if !inner.book.serves_model(sha) => format!("no worker has model {sha}"),
             _ => String::new(),
@@ -239,9 +283,12 @@ impl Coordinator {
     pub fn submit(&self, spec_toml: &str) -> Result<RunRecord, CoordError> {
         let spec = RunSpec::from_toml(spec_toml)
             .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        self.db.writable()?;
         // Building a strategy of 4172 dimensions and drawing its first generation takes a
         // moment and touches no shared state: other calls need not wait for it.
-        let run = ActiveRun::create(&self.store, spec)?;
+        let run = self
+            .db
+            .written(self.store().and_then(|s| ActiveRun::create(&s, spec)))?;
         let mut inner = self.lock();
         let record = run.record.clone();
         tracing::info!(run = record.run_id, name = %record.name, "run submitted");
@@ -289,21 +336,22 @@ impl Coordinator {
                 (Ok(a), Ok(b)) => a == b,
                 _ => false,
             };
-        if !same(db, self.store.path()) {
+        if !same(db, self.db.path()) {
             return Err(CoordError::FailedPrecondition(format!(
                 "this coordinator serves the database {}, not {}",
-                self.store.path().display(),
+                self.db.path().display(),
                 db.display()
             )));
         }
-        let _quiet = self.lock();
-        Ok(self.store.snapshot(to)?)
+        let _quiet = self.lock_between_tells();
+        Ok(self.store()?.snapshot(to)?)
     }
 
     pub fn cancel(&self, run_id: u64) -> Result<RunRecord, CoordError> {
-        let mut inner = self.lock();
+        self.db.writable()?;
+        let mut inner = self.lock_between_tells();
         let Some(mut run) = inner.runs.remove(&run_id) else {
-            return match self.store.get_run(run_id)? {
+            return match self.store()?.get_run(run_id)? {
                 Some(r) => Err(CoordError::FailedPrecondition(format!(
                     "run_id {run_id} is not running (status {})",
                     status_name(r.status)
@@ -314,9 +362,12 @@ impl Coordinator {
         run.record.status = RunStatus::Cancelled as i32;
         run.record.stop_reason = format!("cancelled at generation {}", run.generation());
         run.record.finished_unix_ms = now_unix_ms();
-        if let Err(e) = self.store.put_run(&run.record) {
+        if let Err(e) = self
+            .db
+            .written(self.store().and_then(|s| Ok(s.put_run(&run.record)?)))
+        {
             inner.runs.insert(run_id, run);
-            return Err(e.into());
+            return Err(e);
         }
         inner.book.forget_run(run_id);
         self.active.send_replace(inner.runs.len());
@@ -385,7 +436,11 @@ impl Coordinator {
         if !inner.book.knows_worker(worker_id) {
             return Err(unknown_worker(worker_id));
         }
-        let Inner { runs, book } = &mut *inner;
+        // Work done now could not be recorded.
+        if self.db.failure().is_some() {
+            return Ok(Vec::new());
+        }
+        let Inner { runs, book, .. } = &mut *inner;
         let (models, batch) = book
             .worker(worker_id)
             .map(|w| (w.model_sha256.clone(), w.max_batch.max(1) as usize))
@@ -450,9 +505,13 @@ impl Coordinator {
                 note,
             })
         };
+        self.db.writable()?;
         let mut inner = self.lock();
+        if inner.telling.contains(&key.run_id) {
+            return ignored(format!("generation {} is complete", key.generation));
+        }
         let Some(run) = inner.runs.get(&key.run_id) else {
-            return match self.store.get_run(key.run_id)? {
+            return match self.store()?.get_run(key.run_id)? {
                 Some(r) => ignored(format!(
                     "run {} is {}; report ignored",
                     key.run_id,
@@ -539,7 +598,8 @@ impl Coordinator {
             received_unix_ms: now_unix_ms(),
             norm_stats: req.norm_stats,
         };
-        self.store.put_eval(&eval)?;
+        self.db
+            .written(self.store().and_then(|s| Ok(s.put_eval(&eval)?)))?;
         if !eval.fitness.is_finite() {
             tracing::warn!(unit = %unit_id(&key), worker = %req.worker_id, fitness = eval.fitness, "evaluation failed (non-finite fitness); recorded and ranked last");
             inner.book.counters.evaluations_failed += 1;
@@ -549,22 +609,34 @@ impl Coordinator {
         inner.book.counters.units_completed += 1;
         inner.book.counters.latency.observe(eval.eval_seconds);
         let run = inner.runs.get_mut(&key.run_id).expect("checked above");
-        let mut told = None;
-        let mut advanced = false;
-        if run.record_result(eval) {
-            told = run.advance(&self.store)?;
-            advanced = true;
-            if run.is_running() {
-                let units = run.missing_units();
-                inner.book.enqueue(units);
-            } else {
-                tracing::info!(run = key.run_id, reason = %run.record.stop_reason, "run ended");
-                inner.runs.remove(&key.run_id);
-                inner.book.forget_run(key.run_id);
-                self.active.send_replace(inner.runs.len());
-            }
+        if !run.record_result(eval) {
+            return Ok(ReportResponse {
+                accepted: true,
+                note: String::new(),
+            });
+        }
+        let mut run = inner.runs.remove(&key.run_id).expect("checked above");
+        inner.telling.insert(key.run_id);
+        drop(inner);
+        let told = self.db.written(self.store().and_then(|s| run.advance(&s)));
+        let mut inner = self.lock();
+        inner.telling.remove(&key.run_id);
+        self.told.notify_all();
+        if run.is_running() {
+            inner.book.enqueue(run.missing_units());
+            inner.runs.insert(key.run_id, run);
+        } else {
+            tracing::info!(run = key.run_id, reason = %run.record.stop_reason, "run ended");
+            inner.book.forget_run(key.run_id);
+            self.active.send_replace(inner.runs.len());
         }
         drop(inner);
+        // The report itself is stored: a tell that could not be written is redone when the
+        // database is rebuilt from (`recover`), so the report stands.
+        let told = told.unwrap_or_else(|e| {
+            tracing::warn!(run = key.run_id, error = %e, "the generation could not be stored yet");
+            None
+        });
         if let Some(g) = told.as_ref().and_then(|t| t.finished.as_ref()) {
             tracing::info!(
                 run = key.run_id,
@@ -581,9 +653,7 @@ impl Coordinator {
         if let Some(t) = told {
             self.publish(t);
         }
-        if advanced {
-            self.work.notify_waiters();
-        }
+        self.work.notify_waiters();
         Ok(ReportResponse {
             accepted: true,
             note: String::new(),
@@ -636,4 +706,32 @@ fn unknown_worker(worker_id: &str) -> CoordError {
     CoordError::NotFound(format!(
         "worker_id = {worker_id:?} is not registered (the coordinator may have restarted); register again"
     ))
+}
+
+/// Every running run of `store`, resumed where it was, and what watchers should see of the
+/// phases completed on the way: a crash (or a failed write) between a phase's last report and
+/// its tell leaves the phase complete, and it is told here.
+fn resume_runs(store: &Store) -> Result<(BTreeMap<u64, ActiveRun>, Vec<Told>), CoordError> {
+    let mut runs = BTreeMap::new();
+    let mut told = Vec::new();
+    for record in store.list_runs()? {
+        if record.status != RunStatus::Running as i32 {
+            continue;
+        }
+        let id = record.run_id;
+        let mut run = ActiveRun::resume(store, record)?;
+        tracing::info!(
+            run = id,
+            generation = run.generation(),
+            missing = run.missing_units().len(),
+            "resumed run"
+        );
+        while run.is_running() && run.is_complete() {
+            told.extend(run.advance(store)?);
+        }
+        if run.is_running() {
+            runs.insert(id, run);
+        }
+    }
+    Ok((runs, told))
 }

@@ -12,6 +12,9 @@ pub enum CoordError {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    /// The database cannot be written now (full disk); the coordinator retries by itself.
+    #[error("{0}")]
+    Unwritable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -23,6 +26,7 @@ impl From<CoordError> for tonic::Status {
             CoordError::NotFound(m) => tonic::Status::not_found(m),
             CoordError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             CoordError::Internal(m) => tonic::Status::internal(m),
+            CoordError::Unwritable(m) => tonic::Status::resource_exhausted(m),
             CoordError::Store(e) => tonic::Status::internal(e.to_string()),
         }
     }

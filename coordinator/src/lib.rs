@@ -7,6 +7,7 @@ pub mod book;
 pub mod cmaes;
 pub mod coordinator;
 pub mod error;
+pub mod live_store;
 pub mod metrics;
 pub mod progress;
 pub mod queries;

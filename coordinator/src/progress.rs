@@ -92,10 +92,14 @@ fn message(coord: &Coordinator, run: &RunProgress) -> String {
         run.workers,
         if run.workers == 1 { "" } else { "s" }
     );
-    let last = run
-        .generations_done
-        .checked_sub(1)
-        .and_then(|g| coord.store.get_generation(run.run_id, g).ok().flatten());
+    let last = run.generations_done.checked_sub(1).and_then(|g| {
+        coord
+            .store()
+            .ok()?
+            .get_generation(run.run_id, g)
+            .ok()
+            .flatten()
+    });
     match last {
         Some(g) if g.mean_kept_fraction > 0.0 => format!(
             "{workers}; generation {}: best {:.4}, mean {:.4}, kept {:.3}",

@@ -67,6 +67,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Some(files) => Some(tls_config(files)?),
         None => None,
     };
+    // Past a file-size limit (`ulimit -f`) a write fails with EFBIG like any full disk
+    // instead of the signal killing the process; tokio's handler stays installed for good.
+    let _file_too_large =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+            .context("cannot handle SIGXFSZ")?;
     let store = Store::open(&opts.db)?;
     let coord = Coordinator::open(store, opts.lease_ttl, opts.max_lease)
         .with_context(|| format!("resuming the runs in {}", opts.db.display()))?;
@@ -78,7 +83,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             pending.push((spec, Some(path)));
         }
     }
-    if opts.runs.is_empty() && opts.default_run && coord.store.list_runs()?.is_empty() {
+    if opts.runs.is_empty() && opts.default_run && coord.store()?.list_runs()?.is_empty() {
         pending.push((namm::spec::RunSpec::default_namm(), None));
     }
     let mut llm_models = coord.running_models();
@@ -152,6 +157,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 coord.expire_leases();
+                let recovering = coord.clone();
+                let _ = tokio::task::spawn_blocking(move || recovering.recover()).await;
                 // Local workers take a few seconds to load the model: not worth a warning.
                 if last_check.elapsed() >= WAITING_LOG_PERIOD {
                     coord.log_waiting(&mut waiting);
@@ -247,7 +254,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(bars) = &opts.progress {
         let _ = bars.clear();
     }
-    coord.store.flush()?;
+    coord.store()?.flush()?;
     tracing::info!("database flushed; coordinator stopped");
     Ok(())
 }
@@ -272,7 +279,7 @@ fn new_spec(
         .with_context(|| format!("run spec {}", path.display()))?;
     let canonical = spec.to_toml();
     if let Some(existing) = coord
-        .store
+        .store()?
         .list_runs()?
         .into_iter()
         .find(|r| r.spec_toml == canonical || r.submitted_spec_toml == canonical)

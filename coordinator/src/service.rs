@@ -129,7 +129,7 @@ impl RunService for Services {
     }
 
     async fn list_runs(&self, _req: Request<ListRunsRequest>) -> Res<ListRunsResponse> {
-        let runs = self.0.store.list_runs().map_err(CoordError::from)?;
+        let runs = self.0.store()?.list_runs().map_err(CoordError::from)?;
         let runs = runs.into_iter().map(|r| self.0.annotated(r)).collect();
         Ok(Response::new(ListRunsResponse { runs }))
     }
@@ -138,7 +138,7 @@ impl RunService for Services {
         let id = req.into_inner().run_id;
         let run = self
             .0
-            .store
+            .store()?
             .get_run(id)
             .map_err(CoordError::from)?
             .ok_or_else(|| not_found_run(id))?;
@@ -152,7 +152,7 @@ impl RunService for Services {
         req: Request<ListGenerationsRequest>,
     ) -> Res<ListGenerationsResponse> {
         let id = req.into_inner().run_id;
-        let generations = crate::queries::history(&self.0.store, id)?;
+        let generations = crate::queries::history(&self.0.store()?, id)?;
         Ok(Response::new(ListGenerationsResponse { generations }))
     }
 
@@ -162,7 +162,7 @@ impl RunService for Services {
     ) -> Res<GetGenerationResponse> {
         let r = req.into_inner();
         Ok(Response::new(crate::queries::generation(
-            &self.0.store,
+            &self.0.store()?,
             r.run_id,
             r.generation,
         )?))
@@ -203,12 +203,12 @@ impl RunService for Services {
         let mut closing = self.0.closing();
         let run = self
             .0
-            .store
+            .store()?
             .get_run(id)
             .map_err(CoordError::from)?
             .ok_or_else(|| not_found_run(id))?;
         let backlog = match r.from_generation {
-            Some(from) => crate::queries::history(&self.0.store, id)?
+            Some(from) => crate::queries::history(&self.0.store()?, id)?
                 .into_iter()
                 .filter(|g| g.generation >= from)
                 .collect(),

@@ -29,6 +29,8 @@ pub const SCHEMA_VERSION: u64 = 1;
 const STATE_MAGIC: &[u8] = b"NAMMSTv1";
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_RUN: &[u8] = b"next_run_id";
+/// When a recovering coordinator last checked that the database takes writes.
+const META_WRITE_PROBE: &[u8] = b"write_probe_unix_ms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +53,11 @@ pub enum StoreError {
     SnapshotTarget { path: String },
     #[error("strategy state file {path}: {source}")]
     StateFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the database cannot grow ({path}): {source}")]
+    NoRoom {
         path: String,
         source: std::io::Error,
     },
@@ -476,6 +483,16 @@ impl Store {
 
     pub fn put_run(&self, run: &RunRecord) -> Result<()> {
         self.runs.insert(run_key(run.run_id), run.encode_to_vec())?;
+        self.flush()
+    }
+
+    /// Writes and flushes a small record: whether the database takes writes (again).
+    pub fn probe_write(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.meta
+            .insert(META_WRITE_PROBE, &now.as_millis().to_be_bytes())?;
         self.flush()
     }
 

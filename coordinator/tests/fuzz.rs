@@ -268,12 +268,12 @@ proptest! {
             });
             prop_assert!(r.map(|r| r.accepted).unwrap_or(false));
         }
-        let rec = coord.store.get_run(run.run_id).unwrap().unwrap();
+        let rec = coord.store().unwrap().get_run(run.run_id).unwrap().unwrap();
         prop_assert_eq!(rec.generations_done, 1);
         prop_assert_eq!(rec.status, RunStatus::Running as i32);
-        let evals = coord.store.evals(run.run_id, 0).unwrap();
+        let evals = coord.store().unwrap().evals(run.run_id, 0).unwrap();
         prop_assert_eq!(evals.len(), 8);
-        let gen = coord.store.get_generation(run.run_id, 0).unwrap().unwrap();
+        let gen = coord.store().unwrap().get_generation(run.run_id, 0).unwrap().unwrap();
         for e in &evals {
             let c = e.key.unwrap().candidate as usize;
             prop_assert_eq!(e.fitness.to_bits(), gen.fitness[c].to_bits());

@@ -1,8 +1,10 @@
 //! Faults a user meets, each reproduced with real processes: a peer that accepts connections
 //! and never answers, a bad coordinator address, a run no connected worker can take, a
-//! coordinator killed under its local workers, and Ctrl-C while local workers hold units.
+//! coordinator killed under its local workers, Ctrl-C while local workers hold units, and a
+//! database that cannot be written (a full disk) until space comes back.
 
 use namm_tests::{find_run, model_path, stderr, Cluster, Proc};
+use serde_json::Value;
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -527,6 +529,86 @@ target_fitness = -1e-30
         "{}",
         stderr(&out)
     );
+}
+
+/// Sets the soft file-size limit (`RLIMIT_FSIZE`) of a running process: past it a write
+/// fails as on a full disk. Unprivileged, unlike mounting a small filesystem.
+fn limit_file_size(pid: u32, limit: &str) {
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}:")])
+        .status()
+        .expect("cannot run prlimit (util-linux)");
+    assert!(
+        status.success(),
+        "prlimit --pid {pid} --fsize={limit}: failed"
+    );
+}
+
+#[test]
+fn a_full_disk_is_named_reads_go_on_and_the_run_carries_on_once_space_is_back() {
+    let spec = r#"
+name = "disk-full"
+seed = 13
+[objective]
+kind = "sphere"
+dim = 8
+[strategy]
+population = 8
+[stop]
+max_generations = 400
+target_fitness = -1e-30
+"#;
+    let reference = Cluster::uninterrupted(spec, 1);
+    let full = namm_tests::without_wall_clock(&reference.json_db(&["history", "1"]));
+
+    let c = Cluster::new();
+    let file = c.file("run.toml", spec);
+    let coord = c.coordinator(
+        "coord",
+        &["--run", file.to_str().unwrap(), "--local-workers", "1"],
+    );
+    let pid = coord.pid().unwrap();
+    c.wait_generations(1, 5, Duration::from_secs(60));
+    // No file of the database may grow any more: the next write past its end fails.
+    let size = std::fs::metadata(c.db().join("db")).unwrap().len();
+    limit_file_size(pid, &size.to_string());
+    let mut stalled = Value::Null;
+    wait_for(
+        "the run to say it cannot write",
+        Duration::from_secs(60),
+        || {
+            stalled = find_run(&c.json(&["runs"]), 1);
+            stalled["waiting"]
+                .as_str()
+                .is_some_and(|w| w.contains("cannot be written"))
+        },
+    );
+    assert_eq!(stalled["status"], "running", "{stalled}");
+    // Reads are served meanwhile, and no generation moves.
+    let done = stalled["generations_done"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let history = c.json(&["history", "1"]);
+    assert_eq!(
+        history.as_array().unwrap().len() as u64,
+        done,
+        "{}",
+        coord.log()
+    );
+    assert!(done < 400, "the run ended before the disk filled");
+
+    limit_file_size(pid, "unlimited");
+    let end = c.wait_run_done(1, Duration::from_secs(120));
+    assert_eq!(end["status"], "finished", "{end}\n{}", coord.log());
+    assert_eq!(end["waiting"].as_str().unwrap_or(""), "", "{end}");
+    assert_eq!(
+        namm_tests::without_wall_clock(&c.json(&["history", "1"])),
+        full,
+        "the recovered run differs from an undisturbed one:\n{}",
+        coord.log()
+    );
+    let log = coord.log();
+    assert!(log.contains("a database write failed"), "{log}");
+    assert!(log.contains("the database takes writes again"), "{log}");
 }
 
 #[test]

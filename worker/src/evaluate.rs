@@ -19,6 +19,8 @@ pub struct UnitOutcome {
 /// it cannot evaluate (unknown objective, wrong vector length, a model it does not hold) gets
 /// NaN scores flagged with `extra["error"] = 1`, which the strategy ranks last, rather than
 /// stalling the generation.
+// Without the engine (the coordinator's in-process benchmark workers) `cfg` holds nothing used.
+#[cfg_attr(not(feature = "engine"), allow(unused_variables))]
 pub fn evaluate_units(units: &[WorkUnit], cfg: &WorkerConfig) -> Vec<UnitOutcome> {
     let namm: Vec<(usize, &NammObjective)> = units
         .iter()

@@ -357,20 +357,31 @@ async fn report(
     let unit_id = unit.unit_id;
     let lease_log = unit.lease_id.clone();
     let reporting = Instant::now();
-    let r = client
-        .report(ReportRequest {
-            worker_id: worker_id.to_string(),
-            lease_id: unit.lease_id,
-            key: unit.key,
-            items: outcome.items,
-            eval_seconds,
-            norm_stats: outcome.norm_stats.map(|s| namm_proto::NormStats {
-                mean: s.mean,
-                var: s.var,
-                count: s.count,
-            }),
-        })
-        .await;
+    let request = ReportRequest {
+        worker_id: worker_id.to_string(),
+        lease_id: unit.lease_id,
+        key: unit.key,
+        items: outcome.items,
+        eval_seconds,
+        norm_stats: outcome.norm_stats.map(|s| namm_proto::NormStats {
+            mean: s.mean,
+            var: s.var,
+            count: s.count,
+        }),
+    };
+    let mut wait = REPORT_RETRY_FIRST;
+    let r = loop {
+        match client.report(request.clone()).await {
+            // The coordinator cannot write its database now (a full disk) and recovers by
+            // itself: the result is kept and offered again rather than computed again.
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                tracing::warn!(unit = %unit_id, error = %s.message(), retry_in_s = wait.as_secs(), "the coordinator cannot record the result yet; keeping it");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(REPORT_RETRY_LAST);
+            }
+            r => break r,
+        }
+    };
     match r {
         Ok(resp) => {
             let resp = resp.into_inner();
@@ -404,6 +415,10 @@ async fn report(
         }
     }
 }
+
+/// Waits between offers of a result the coordinator could not record yet.
+const REPORT_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REPORT_RETRY_LAST: Duration = Duration::from_secs(30);
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
