@@ -12,8 +12,22 @@ pub async fn submit(source: &mut Source, file: &Path, format: Format) -> anyhow:
     source.remote("submit")?;
     let twins = same_spec(source, &spec_toml).await?;
     let client = source.remote("submit")?;
-    let run = rpc(client.submit_run(SubmitRunRequest { spec_toml }).await)
-        .with_context(|| format!("run spec {} was refused", file.display()))?
+    let answer = client.submit_run(SubmitRunRequest { spec_toml }).await;
+    // The coordinator goes on building a large strategy (minutes for a full covariance of
+    // thousands of dimensions) after the client stopped waiting: the run may yet appear.
+    let timed_out = matches!(&answer, Err(s) if s.code() == tonic::Code::Cancelled);
+    let run = rpc(answer)
+        .with_context(|| {
+            if timed_out {
+                format!(
+                    "run spec {} got no answer in time; a large strategy may still be being \
+                     built: see `namm runs` before submitting it again (or raise --request-timeout)",
+                    file.display()
+                )
+            } else {
+                format!("run spec {} was refused", file.display())
+            }
+        })?
         .run
         .context("coordinator answered without a run")?;
     for twin in twins {

@@ -13,7 +13,7 @@ use namm_proto::{
     EvalRecord, ItemResult, ReportRequest, ReportResponse, RunRecord, RunStatus, UnitKind,
     WatchEvent, WorkUnit, WorkerInfo,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
@@ -46,8 +46,8 @@ pub struct Coordinator {
 
 struct Inner {
     runs: BTreeMap<u64, ActiveRun>,
-    /// Runs taken out of `runs` while their generation is told.
-    telling: BTreeSet<u64>,
+    /// Runs taken out of `runs` while their generation is told, as a display shows them.
+    telling: BTreeMap<u64, RunProgress>,
     book: LeaseBook,
 }
 
@@ -60,7 +60,7 @@ impl Coordinator {
     ) -> Result<Arc<Coordinator>, CoordError> {
         let mut inner = Inner {
             runs: BTreeMap::new(),
-            telling: BTreeSet::new(),
+            telling: BTreeMap::new(),
             book: LeaseBook::new(lease_ttl, max_lease),
         };
         let (runs, told) = resume_runs(&store)?;
@@ -304,24 +304,14 @@ impl Coordinator {
     /// lock is busy (a tell), so a display never waits on the strategy.
     pub fn progress(&self) -> Option<Vec<RunProgress>> {
         let inner = self.inner.try_lock().ok()?;
-        Some(
-            inner
-                .runs
-                .values()
-                .map(|run| {
-                    let (phase, done, total) = run.progress();
-                    RunProgress {
-                        run_id: run.id(),
-                        name: run.record.name.clone(),
-                        phase,
-                        done,
-                        total,
-                        workers: inner.book.workers_on(run.id()),
-                        generations_done: run.record.generations_done,
-                    }
-                })
-                .collect(),
-        )
+        let mut shown: Vec<RunProgress> = inner
+            .runs
+            .values()
+            .map(|run| progress_of(run, &inner.book))
+            .chain(inner.telling.values().cloned())
+            .collect();
+        shown.sort_by_key(|p| p.run_id);
+        Some(shown)
     }
 
     /// Copies the database to `to` while holding the lock, so that no report, tell or
@@ -507,7 +497,7 @@ impl Coordinator {
         };
         self.db.writable()?;
         let mut inner = self.lock();
-        if inner.telling.contains(&key.run_id) {
+        if inner.telling.contains_key(&key.run_id) {
             return ignored(format!("generation {} is complete", key.generation));
         }
         let Some(run) = inner.runs.get(&key.run_id) else {
@@ -616,7 +606,9 @@ impl Coordinator {
             });
         }
         let mut run = inner.runs.remove(&key.run_id).expect("checked above");
-        inner.telling.insert(key.run_id);
+        let mut shown = progress_of(&run, &inner.book);
+        shown.phase = format!("{}, updating the strategy", shown.phase);
+        inner.telling.insert(key.run_id, shown);
         drop(inner);
         let told = self.db.written(self.store().and_then(|s| run.advance(&s)));
         let mut inner = self.lock();
@@ -706,6 +698,19 @@ fn unknown_worker(worker_id: &str) -> CoordError {
     CoordError::NotFound(format!(
         "worker_id = {worker_id:?} is not registered (the coordinator may have restarted); register again"
     ))
+}
+
+fn progress_of(run: &ActiveRun, book: &LeaseBook) -> RunProgress {
+    let (phase, done, total) = run.progress();
+    RunProgress {
+        run_id: run.id(),
+        name: run.record.name.clone(),
+        phase,
+        done,
+        total,
+        workers: book.workers_on(run.id()),
+        generations_done: run.record.generations_done,
+    }
 }
 
 /// Every running run of `store`, resumed where it was, and what watchers should see of the
