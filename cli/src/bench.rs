@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Batch sizes to measure, comma separated
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub batch: Vec<usize>,
+    /// Do not record the attention a NAMM reads (the engine as a plain LLM, for comparisons
+    /// with other engines)
+    #[arg(long)]
+    pub no_taps: bool,
     /// Also run one row on this device (e.g. cpu) and compare: max |Δ| of the logits with the
     /// full cache, then the kept token sets under a NAMM with seeded random parameters
     #[arg(long, value_name = "DEVICE")]
@@ -51,6 +55,7 @@ fn parse_format(s: &str) -> std::result::Result<WeightFormat, String> {
 #[derive(Debug, Serialize)]
 struct Throughput {
     batch: usize,
+    attention_taps: bool,
     tokens: usize,
     prefill_secs: f64,
     prefill_tokens_per_sec: f64,
@@ -104,7 +109,7 @@ pub fn run(args: &BenchArgs, format: Format) -> Result<()> {
     }
     let mut throughput = Vec::new();
     for &b in &args.batch {
-        let t = measure(&model, b, args.tokens, args.decode)?;
+        let t = measure(&model, b, args.tokens, args.decode, !args.no_taps)?;
         if format == Format::Table {
             outln!(
                 "batch {:>3}: prefill {:>8.0} tok/s ({:.2} s), decode {:>7.1} tok/s ({} steps, {:.2} s)",
@@ -163,19 +168,26 @@ fn prompt(model: &Model, tokens: usize, row: usize) -> Vec<u32> {
         .collect()
 }
 
-fn taps() -> PolicyInputs {
+/// What a NAMM reads: the attention of every chunk (`attention` false: none).
+fn taps(attention: bool) -> PolicyInputs {
     PolicyInputs {
-        attention: true,
+        attention,
         key_norms: false,
     }
 }
 
-/// `batch` rows of `tokens` prompt tokens through the full cache with the attention of every
-/// chunk recorded (what a NAMM reads), then `decode` greedy steps.
-fn measure(model: &Model, batch: usize, tokens: usize, decode: usize) -> Result<Throughput> {
+/// `batch` rows of `tokens` prompt tokens through the full cache, with the attention of every
+/// chunk recorded if `attention`, then `decode` greedy steps.
+fn measure(
+    model: &Model,
+    batch: usize,
+    tokens: usize,
+    decode: usize,
+    attention: bool,
+) -> Result<Throughput> {
     let prompts: Vec<Vec<u32>> = (0..batch).map(|r| prompt(model, tokens, r)).collect();
     let mut sessions = (0..batch)
-        .map(|_| Session::new(model, taps()))
+        .map(|_| Session::new(model, taps(attention)))
         .collect::<namm::engine::Result<Vec<_>>>()?;
     let mut policies: Vec<FullCache> = vec![FullCache; batch];
     let mut rows: Vec<&mut Session> = sessions.iter_mut().collect();
@@ -196,6 +208,7 @@ fn measure(model: &Model, batch: usize, tokens: usize, decode: usize) -> Result<
     let decode_secs = start.elapsed().as_secs_f64();
     Ok(Throughput {
         batch,
+        attention_taps: attention,
         tokens,
         prefill_secs,
         prefill_tokens_per_sec: (batch * tokens) as f64 / prefill_secs,
@@ -224,8 +237,8 @@ fn parity(
 ) -> Result<Parity> {
     let ids = prompt(here, args.tokens, 0);
     let mut full = FullCache;
-    let mut a = Session::new(here, taps())?;
-    let mut b = Session::new(there, taps())?;
+    let mut a = Session::new(here, taps(true))?;
+    let mut b = Session::new(there, taps(true))?;
     let (mut la, mut lb) = (a.feed(&ids, &mut full)?, b.feed(&ids, &mut full)?);
     let (mut diff, mut max, mut same) = (0f32, 0f32, true);
     for step in 0..=args.decode {

@@ -24,8 +24,9 @@ const MAX_BATCH: u32 = 256;
 #[derive(Clone)]
 pub struct Services(pub Arc<Coordinator>);
 
-/// Runs a call that may compute for a while (building a strategy, a tell, a backup) on a
-/// blocking thread, so that the async threads keep answering other RPCs meanwhile.
+/// Runs a call that may compute or wait for a while (building a strategy, a tell, a backup, a
+/// cancel waiting for a tell) on a blocking thread, so that the async threads keep answering
+/// other RPCs meanwhile.
 async fn blocking<T: Send + 'static>(
     coord: &Arc<Coordinator>,
     call: impl FnOnce(&Coordinator) -> Result<T, CoordError> + Send + 'static,
@@ -175,7 +176,9 @@ impl RunService for Services {
     }
 
     async fn cancel_run(&self, req: Request<CancelRunRequest>) -> Res<CancelRunResponse> {
-        let run = self.0.cancel(req.into_inner().run_id)?;
+        let id = req.into_inner().run_id;
+        // Waits for a tell of the run in progress to end.
+        let run = blocking(&self.0, move |c| c.cancel(id)).await?;
         Ok(Response::new(CancelRunResponse { run: Some(run) }))
     }
 
