@@ -1,8 +1,20 @@
 //! Attention of a single new token (a decode step) on CPU, read straight from the cache
 //! storage: batched matmuls of one query row per head spend more time packing the cache
 //! than multiplying, and a decode step is latency-bound.
+//!
+//! Over a long cache the step is bound by reading the keys and values, so each task takes
+//! one KV head's span of the cache and reads it once for all G query heads of its group
+//! (split-softmax: each span keeps its own maximum and sum, merged at the end), and spans
+//! keep every thread busy when there are fewer KV heads than threads.
 
 use candle_core::{CpuStorage, Storage, Tensor};
+
+use super::softmax::exp;
+
+/// Fewest cached tokens a span gets: shorter spans cost more in merging than they gain.
+const MIN_SPAN: usize = 256;
+/// Most spans per KV head.
+const MAX_SPANS: usize = 8;
 
 /// Shapes of one decode step.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +26,14 @@ pub(crate) struct Dims {
     pub head_dim: usize,
     /// Cached tokens N (the new one included).
     pub n: usize,
+}
+
+/// What one task (a KV head's span) leaves for the merge, per query head of the group: the
+/// span's maximum score, Σ exp(score − maximum), and Σ exp(score − maximum)·value.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    y: Vec<f32>,
 }
 
 /// `q: [Hq, 1, D]`, `k`/`v`: the `[H, N, D]` cache views (rows of a `[H, cap, D]` buffer).
@@ -47,28 +67,69 @@ pub(crate) fn attend(
     let (k0, khs, v0, vhs) = (kl.start_offset(), kst[0], vl.start_offset(), vst[0]);
     let hq = heads * group;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut y = vec![0f32; hq * d];
+    let spans = (n / MIN_SPAN).clamp(1, MAX_SPANS);
+    let span_len = n.div_ceil(spans);
     let mut p = vec![0f32; hq * n];
-    let (yp, pp) = (y.as_mut_ptr() as usize, p.as_mut_ptr() as usize);
+    let mut partials: Vec<Partial> = (0..heads * spans)
+        .map(|_| Partial {
+            max: vec![f32::NEG_INFINITY; group],
+            sum: vec![0.0; group],
+            y: vec![0.0; group * d],
+        })
+        .collect();
+    let (pp, parts) = (p.as_mut_ptr() as usize, partials.as_mut_ptr() as usize);
     let avx2 = cfg!(target_arch = "x86_64") && avx2_fma();
-    candle_core::utils::barrier_pool().execute_chunked(hq, |range| {
-        for qh in range {
-            let h = qh / group;
-            let qrow = &q[qh * d..(qh + 1) * d];
-            let keys = &kd[k0 + h * khs..][..n * d];
-            let vals = &vd[v0 + h * vhs..][..n * d];
-            // SAFETY: execute_chunked hands out disjoint head ranges; row qh of `p` and `y`
-            // belongs to this iteration only, and both vectors outlive the call.
-            let prow = unsafe { std::slice::from_raw_parts_mut((pp as *mut f32).add(qh * n), n) };
-            let yrow = unsafe { std::slice::from_raw_parts_mut((yp as *mut f32).add(qh * d), d) };
+    candle_core::utils::barrier_pool().execute_chunked(heads * spans, |range| {
+        for t in range {
+            let (h, s) = (t / spans, t % spans);
+            let (lo, hi) = (s * span_len, ((s + 1) * span_len).min(n));
+            if lo >= hi {
+                continue;
+            }
+            let keys = &kd[k0 + h * khs + lo * d..][..(hi - lo) * d];
+            let vals = &vd[v0 + h * vhs + lo * d..][..(hi - lo) * d];
+            let qs = &q[h * group * d..][..group * d];
+            // SAFETY: execute_chunked hands out disjoint task ranges: task t alone writes
+            // partials[t] and columns lo..hi of the group's rows of `p`; both outlive the call.
+            let part = unsafe { &mut *(parts as *mut Partial).add(t) };
+            let rows: Vec<&mut [f32]> = (0..group)
+                .map(|g| unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (pp as *mut f32).add((h * group + g) * n + lo),
+                        hi - lo,
+                    )
+                })
+                .collect();
             if avx2 {
                 // SAFETY: avx2 and fma were detected at run time.
-                unsafe { head_avx2(qrow, keys, vals, scale, prow, yrow) }
+                unsafe { span_avx2(qs, keys, vals, scale, rows, part) }
             } else {
-                head(qrow, keys, vals, scale, prow, yrow)
+                span(qs, keys, vals, scale, rows, part)
             }
         }
     });
+    let mut y = vec![0f32; hq * d];
+    for (qh, yrow) in y.chunks_exact_mut(d).enumerate() {
+        let (h, g) = (qh / group, qh % group);
+        let mine = &partials[h * spans..(h + 1) * spans];
+        let max = mine
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, pt| m.max(pt.max[g]));
+        let weights: Vec<f32> = mine.iter().map(|pt| exp(pt.max[g] - max)).collect();
+        let total: f32 = mine.iter().zip(&weights).map(|(pt, w)| pt.sum[g] * w).sum();
+        for (pt, w) in mine.iter().zip(&weights) {
+            for (o, x) in yrow.iter_mut().zip(&pt.y[g * d..(g + 1) * d]) {
+                *o += x * w / total;
+            }
+        }
+        if probs {
+            let row = &mut p[qh * n..(qh + 1) * n];
+            for (s, w) in row.chunks_mut(span_len).zip(&weights) {
+                let f = w / total;
+                s.iter_mut().for_each(|x| *x *= f);
+            }
+        }
+    }
     if !probs {
         p.clear();
     }
@@ -87,38 +148,66 @@ fn avx2_fma() -> bool {
 }
 
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-unsafe fn head_avx2(
-    q: &[f32],
+unsafe fn span_avx2(
+    qs: &[f32],
     keys: &[f32],
     vals: &[f32],
     scale: f32,
-    p: &mut [f32],
-    y: &mut [f32],
+    rows: Vec<&mut [f32]>,
+    part: &mut Partial,
 ) {
-    head(q, keys, vals, scale, p, y)
+    span(qs, keys, vals, scale, rows, part)
 }
 
-/// Softmax attention of one query row over `keys`/`vals` (`[N][D]`), probabilities into
-/// `p`, output into `y` (zeroed). Inlined into the caller so it is compiled for its features.
+/// One KV head's span (`keys`/`vals`: `[S][D]`) against its G query rows `qs` (`[G][D]`):
+/// the unnormalised exp(score − span maximum) into `rows[g]`, and the span's maximum, sum and
+/// weighted values into `part`. Each key and value row is read once for all G queries.
+/// Inlined into the caller so it is compiled for its features.
 #[inline(always)]
-fn head(q: &[f32], keys: &[f32], vals: &[f32], scale: f32, p: &mut [f32], y: &mut [f32]) {
-    let d = q.len();
-    for (s, key) in p.iter_mut().zip(keys.chunks_exact(d)) {
-        *s = dot(q, key) * scale;
-    }
-    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in p.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    for (s, val) in p.iter_mut().zip(vals.chunks_exact(d)) {
-        *s *= inv;
-        for (o, x) in y.iter_mut().zip(val) {
-            *o += *s * x;
+fn span(
+    qs: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    scale: f32,
+    mut rows: Vec<&mut [f32]>,
+    part: &mut Partial,
+) {
+    let d = keys.len() / rows[0].len();
+    for (j, key) in keys.chunks_exact(d).enumerate() {
+        for (row, q) in rows.iter_mut().zip(qs.chunks_exact(d)) {
+            row[j] = dot(q, key) * scale;
         }
     }
+    for (g, row) in rows.iter_mut().enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for s in row.iter_mut() {
+            *s = exp(*s - max);
+        }
+        part.max[g] = max;
+        part.sum[g] = sum(row);
+    }
+    for (j, val) in vals.chunks_exact(d).enumerate() {
+        for (row, y) in rows.iter().zip(part.y.chunks_exact_mut(d)) {
+            let w = row[j];
+            for (o, x) in y.iter_mut().zip(val) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// Sum with 16 independent partial sums, so that it vectorises.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for ch in chunks {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Dot product with 16 independent partial sums, so that it vectorises.
@@ -138,4 +227,93 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Softmax attention of every query head, one at a time, in f64.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f64>, Vec<f64>) {
+        let Dims {
+            group,
+            head_dim: d,
+            n,
+            ..
+        } = dims;
+        let (mut y, mut p) = (Vec::new(), Vec::new());
+        for (qh, qrow) in q.chunks_exact(d).enumerate() {
+            let h = qh / group;
+            let scores: Vec<f64> = (0..n)
+                .map(|j| {
+                    let key = &k[(h * n + j) * d..][..d];
+                    qrow.iter()
+                        .zip(key)
+                        .map(|(a, b)| f64::from(a * b))
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let row: Vec<f64> = e.iter().map(|x| x / total).collect();
+            for c in 0..d {
+                y.push(
+                    (0..n)
+                        .map(|j| row[j] * f64::from(v[(h * n + j) * d + c]))
+                        .sum(),
+                );
+            }
+            p.extend(row);
+        }
+        (y, p)
+    }
+
+    #[test]
+    fn spans_merge_to_the_softmax_of_the_whole_cache() {
+        for n in [1, 200, 700, 2500] {
+            let dims = Dims {
+                heads: 3,
+                group: 3,
+                head_dim: 64,
+                n,
+            };
+            let noise = |len: usize, seed: u64| -> Vec<f32> {
+                (0..len as u64)
+                    .map(|i| {
+                        let x = (i.wrapping_mul(2654435761).wrapping_add(seed * 97)) % 1000;
+                        x as f32 / 250.0 - 2.0
+                    })
+                    .collect()
+            };
+            let (q, k, v) = (noise(9 * 64, 1), noise(3 * n * 64, 2), noise(3 * n * 64, 3));
+            let dev = Device::Cpu;
+            let qt = Tensor::from_vec(q.clone(), (9, 1, 64), &dev).unwrap();
+            let kt = Tensor::from_vec(k.clone(), (3, n, 64), &dev).unwrap();
+            let vt = Tensor::from_vec(v.clone(), (3, n, 64), &dev).unwrap();
+            let (y, p) = attend(&qt, &kt, &vt, dims, true).unwrap().unwrap();
+            let (want_y, want_p) = reference(&q, &k, &v, dims);
+            let worst = |a: &[f32], b: &[f64]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (f64::from(*x) - y).abs())
+                    .fold(0.0, f64::max)
+            };
+            assert!(
+                worst(&y, &want_y) < 1e-5,
+                "n = {n}: y off by {}",
+                worst(&y, &want_y)
+            );
+            assert!(
+                worst(&p, &want_p) < 1e-6,
+                "n = {n}: p off by {}",
+                worst(&p, &want_p)
+            );
+            for row in p.chunks_exact(n) {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
+    }
 }
