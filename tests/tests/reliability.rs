@@ -453,30 +453,28 @@ fn backup(db: &std::path::Path, to: &std::path::Path, coordinator: &str) -> std:
         .unwrap()
 }
 
-#[test]
-fn a_backup_taken_while_serving_restores_and_resumes_the_run() {
-    let spec = r#"
-name = "backed-up"
-seed = 9
-[objective]
-kind = "sphere"
-dim = 8
-[strategy]
-population = 8
-[stop]
-max_generations = 400
-target_fitness = -1e-30
-"#;
-    let reference = Cluster::uninterrupted(spec, 1);
+/// A 400-generation sphere run served with one local worker, once it has 5 generations, and
+/// the history the same spec gives when nothing disturbs it.
+fn sphere_run_past_generation_5(name: &str, seed: u64) -> (Value, Cluster, Proc) {
+    let spec = format!(
+        "name = {name:?}\nseed = {seed}\n[objective]\nkind = \"sphere\"\ndim = 8\n\
+         [strategy]\npopulation = 8\n[stop]\nmax_generations = 400\ntarget_fitness = -1e-30\n"
+    );
+    let reference = Cluster::uninterrupted(&spec, 1);
     let full = namm_tests::without_wall_clock(&reference.json_db(&["history", "1"]));
-
     let c = Cluster::new();
-    let file = c.file("run.toml", spec);
-    let mut coord = c.coordinator(
+    let file = c.file("run.toml", &spec);
+    let coord = c.coordinator(
         "coord",
         &["--run", file.to_str().unwrap(), "--local-workers", "1"],
     );
     c.wait_generations(1, 5, Duration::from_secs(60));
+    (full, c, coord)
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_and_resumes_the_run() {
+    let (full, c, mut coord) = sphere_run_past_generation_5("backed-up", 9);
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy");
     let out = backup(&c.db(), &copy, &c.addr());
@@ -546,29 +544,8 @@ fn limit_file_size(pid: u32, limit: &str) {
 
 #[test]
 fn a_full_disk_is_named_reads_go_on_and_the_run_carries_on_once_space_is_back() {
-    let spec = r#"
-name = "disk-full"
-seed = 13
-[objective]
-kind = "sphere"
-dim = 8
-[strategy]
-population = 8
-[stop]
-max_generations = 400
-target_fitness = -1e-30
-"#;
-    let reference = Cluster::uninterrupted(spec, 1);
-    let full = namm_tests::without_wall_clock(&reference.json_db(&["history", "1"]));
-
-    let c = Cluster::new();
-    let file = c.file("run.toml", spec);
-    let coord = c.coordinator(
-        "coord",
-        &["--run", file.to_str().unwrap(), "--local-workers", "1"],
-    );
+    let (full, c, coord) = sphere_run_past_generation_5("disk-full", 13);
     let pid = coord.pid().unwrap();
-    c.wait_generations(1, 5, Duration::from_secs(60));
     // No file of the database may grow any more: the next write past its end fails.
     let size = std::fs::metadata(c.db().join("db")).unwrap().len();
     limit_file_size(pid, &size.to_string());
