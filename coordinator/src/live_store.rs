@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 /// The first retry comes this soon after a failure; each failed retry doubles the wait.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(30);
+/// How long a reopen waits for requests still holding the old handle.
+const REOPEN_PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct LiveStore {
     path: PathBuf,
@@ -120,13 +122,23 @@ impl LiveStore {
 
     /// Closes the database and opens it again: sled keeps a failed write's error until then.
     /// Only once the database file could grow: opening writes, and the old handle, which
-    /// still serves reads, cannot be had back. Fails (InUse) while a request still holds a
-    /// clone of the old handle.
+    /// still serves reads, cannot be had back. Requests that come meanwhile wait for the new
+    /// handle; those that hold a clone of the old one (which keeps its file locked) are
+    /// given [`REOPEN_PATIENCE`] to finish.
     pub fn reopen(&self) -> Result<(), StoreError> {
         room_to_grow(&self.path)?;
         let mut slot = self.store.write().unwrap_or_else(|e| e.into_inner());
         *slot = None;
-        *slot = Some(Store::open(&self.path)?);
+        let deadline = Instant::now() + REOPEN_PATIENCE;
+        let store = loop {
+            match Store::open(&self.path) {
+                Err(StoreError::InUse { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
+        *slot = Some(store);
         Ok(())
     }
 
