@@ -15,7 +15,7 @@ pub async fn submit(source: &mut Source, file: &Path, format: Format) -> anyhow:
     let answer = client.submit_run(SubmitRunRequest { spec_toml }).await;
     // The coordinator goes on building a large strategy (minutes for a full covariance of
     // thousands of dimensions) after the client stopped waiting: the run may yet appear.
-    let timed_out = matches!(&answer, Err(s) if s.code() == tonic::Code::Cancelled);
+    let timed_out = matches!(&answer, Err(s) if crate::source::timed_out(s));
     let run = rpc(answer)
         .with_context(|| {
             if timed_out {

@@ -122,11 +122,16 @@ impl Source {
     }
 }
 
+/// Whether the client gave up waiting (`--request-timeout`), as tonic reports it.
+pub fn timed_out(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Cancelled && s.message().contains("Timeout expired")
+}
+
 /// Unwraps a gRPC answer; an error status becomes "<code>: <message>" without tonic's
 /// metadata dump.
 pub fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
     r.map(tonic::Response::into_inner).map_err(|s| {
-        if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout expired") {
+        if timed_out(&s) {
             anyhow::anyhow!(
                 "coordinator: no answer within --request-timeout; is it a namm coordinator, \
                  and is it overloaded?"

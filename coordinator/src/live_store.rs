@@ -5,7 +5,8 @@
 //! stalled for good. Here a failed write marks the store unwritable; the coordinator then
 //! leases nothing and refuses reports with a reason its workers retry on, and
 //! [`LiveStore::reopen`], called with backoff, opens the database afresh so that the runs can
-//! be rebuilt from what it holds. Reads work again as soon as a reopen succeeds.
+//! be rebuilt from what it holds. Reads go on meanwhile on the old handle, except those
+//! sled must write for (it compacts pages as it reads them).
 
 use crate::error::CoordError;
 use crate::store::{Store, StoreError};
