@@ -28,10 +28,16 @@ window`: bin 16 of the spectrogram replaced by the log of the attention from the
 invocation's last 32 queries, max-pooled over 7 tokens): score = that feature + b_s, which
 ranks the tokens as SnapKV does, for the search to refine with the age and the spectrogram.
 
+With `surprisal BETA`, the start of a NAMM with the surprisal feature set (metadata
+`features = surprisal`: the window set, bin 15 replaced by the token's surprisal averaged
+over 7 positions): score = surprisal + BETA · window feature + b_s. Surprisal ranks; the
+window feature (a log, down to ln 1e-6 ≈ −13.8 for a token no recent query looked at) only
+breaks near-ties among predictable tokens when BETA is small.
+
 The file has no statistics (norm_count 0): a run started from it computes them in its
 reference pass, for whatever model it trains.
 
-usage: scripts/namm-start.py OUT.safetensors [POOL (default 1) | window]
+usage: scripts/namm-start.py OUT.safetensors [POOL (default 1) | window | surprisal BETA]
 """
 import json
 import struct
@@ -46,6 +52,7 @@ W_S = 4146          # final linear layer w_s[25], then b_s
 SIN_1, SIN_2, COS_1, COS_2 = 1, 2, 5, 6
 Z0 = 8
 WINDOW = 24         # the window feature set's statistic in place of bin 16
+SURPRISAL = 23      # the surprisal feature set's statistic in place of bin 15
 N_BINS = 17
 
 
@@ -66,6 +73,14 @@ def start(pool):
 def window_start():
     theta = [0.0] * PARAMS
     theta[W_S + WINDOW] = 1.0
+    theta[W_S + 25] = 10.0
+    return theta
+
+
+def surprisal_start(beta):
+    theta = [0.0] * PARAMS
+    theta[W_S + SURPRISAL] = 1.0
+    theta[W_S + WINDOW] = beta
     theta[W_S + 25] = 10.0
     return theta
 
@@ -92,9 +107,14 @@ def write(out, theta, note, metadata=None):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
+    if len(sys.argv) not in (2, 3, 4):
         sys.exit(__doc__)
-    if sys.argv[2:] == ["window"]:
+    if sys.argv[2:3] == ["surprisal"] and len(sys.argv) == 4:
+        beta = float(sys.argv[3])
+        write(sys.argv[1], surprisal_start(beta),
+              f"hand-set start: surprisal + {beta} x observation-window attention",
+              {"features": "surprisal"})
+    elif sys.argv[2:] == ["window"]:
         write(sys.argv[1], window_start(), "hand-set start: observation-window attention",
               {"features": "window"})
     else:

@@ -173,6 +173,7 @@ fn taps(attention: bool) -> PolicyInputs {
     PolicyInputs {
         attention,
         key_norms: false,
+        surprisal: false,
     }
 }
 

@@ -46,6 +46,7 @@ fn median_ms<T: Real>(core: &mut NammCore<T>, attn: &[T], pos: &[u32], n: usize)
                     n_new: N_NEW,
                     attn,
                     positions: pos,
+                    surprisal: &[],
                 })
                 .expect("valid invocation");
             let t = start.elapsed();

@@ -41,6 +41,11 @@ pub enum EngineError {
     },
     #[error("policy {policy} needs attention, but the session was created without recording it")]
     AttentionNotRecorded { policy: String },
+    #[error(
+        "policy {policy} needs every token's surprisal, but the session was created without \
+         recording it or has fed tokens without it"
+    )]
+    SurprisalNotRecorded { policy: String },
     #[error("a batch needs one token list and one policy per session: {reason}")]
     BatchShape { reason: String },
     #[error(

@@ -234,13 +234,9 @@ impl Evaluator {
         on_result: &mut dyn FnMut(&SampleResult),
     ) -> Result<(Vec<SampleResult>, PrefixReuse)> {
         let share = (opts.prefix_reuse && policies.len() > 1).then(|| {
-            policies.iter().fold(PolicyInputs::default(), |acc, p| {
-                let i = p.inputs();
-                PolicyInputs {
-                    attention: acc.attention || i.attention,
-                    key_norms: acc.key_norms || i.key_norms,
-                }
-            })
+            policies
+                .iter()
+                .fold(PolicyInputs::default(), |acc, p| acc.union(p.inputs()))
         });
         let prepared = self.prepare(sample.clone(), share)?;
         let mut reuse = PrefixReuse::default();

@@ -316,6 +316,22 @@ impl Model {
         Ok(self.output.forward_each(&h)?)
     }
 
+    /// Surprisal `−ln p(targets[i] | row i)` in nats of each row of final hidden states
+    /// `x: [rows, hidden]` under the logits [`Model::logits_rows`] gives, the whole
+    /// vocabulary's log-sum-exp taken per row.
+    pub fn surprisal_rows(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        let logits = self.logits_rows(x)?.to_vec2::<f32>()?;
+        Ok(logits
+            .iter()
+            .zip(targets)
+            .map(|(row, &t)| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                (sum.ln() + (max - row[t as usize]) as f64) as f32
+            })
+            .collect())
+    }
+
     /// Plain causal forward of `ids` at positions `0..len` without a cache; logits of the
     /// last token.
     pub fn forward_full(&self, ids: &[u32]) -> Result<Vec<f32>> {

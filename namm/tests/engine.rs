@@ -92,6 +92,7 @@ impl MemoryPolicy for KeepAllExplicit {
         PolicyInputs {
             attention: true,
             key_norms: true,
+            surprisal: false,
         }
     }
     fn reset(&mut self) {}
@@ -447,6 +448,7 @@ impl MemoryPolicy for Recorder {
         PolicyInputs {
             attention: true,
             key_norms: true,
+            surprisal: false,
         }
     }
     fn reset(&mut self) {
@@ -610,6 +612,7 @@ fn forked_prefix_equals_fresh_generation() {
         PolicyInputs {
             attention: true,
             key_norms: true,
+            surprisal: false,
         },
     )
     .unwrap();
@@ -791,4 +794,87 @@ fn bad_model_files_are_errors() {
         matches!(err, ModelError::BadTensor { ref name, .. } if name == "token_embd.weight"),
         "{err}"
     );
+}
+
+/// Keeps everything and records the surprisal it is shown at each invocation.
+#[derive(Default)]
+struct SurprisalProbe {
+    seen: Vec<Vec<f32>>,
+}
+impl MemoryPolicy for SurprisalProbe {
+    fn name(&self) -> String {
+        "surprisal-probe".into()
+    }
+    fn inputs(&self) -> PolicyInputs {
+        PolicyInputs {
+            surprisal: true,
+            ..PolicyInputs::default()
+        }
+    }
+    fn reset(&mut self) {}
+    fn select(&mut self, v: &LayerView<'_>) -> Option<Vec<Vec<usize>>> {
+        if v.layer == 0 {
+            self.seen.push(v.surprisal.to_vec());
+        }
+        None
+    }
+}
+
+/// `−ln softmax(logits)[target]` in f64.
+fn nats(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    sum.ln() + max - logits[target as usize] as f64
+}
+
+#[test]
+fn surprisal_is_what_a_plain_forward_predicts() {
+    let m = model(WeightFormat::Gguf);
+    let ids = prompt(1030);
+    // A shared prefix, then a feed, then decode steps: chunk edges at 128, 256, 300 and 512.
+    let mut session = Session::new(m, SurprisalProbe::default().inputs()).unwrap();
+    session.feed_prefix(&ids[..300]).unwrap();
+    let mut probe = SurprisalProbe::default();
+    session.feed(&ids[300..1020], &mut probe).unwrap();
+    for &id in &ids[1020..1024] {
+        session.feed(&[id], &mut probe).unwrap();
+    }
+    assert_eq!(probe.seen.len(), 2, "invocations at 512 and 1024");
+    assert_eq!(probe.seen[0].len(), 512);
+    let record = &probe.seen[1];
+    assert_eq!(record.len(), 1024);
+    assert_eq!(record[0], (m.config().vocab as f32).ln());
+    assert_eq!(&record[..512], &probe.seen[0][..]);
+    // The reference: a full-cache session fed up to t − 1, whose last logits predict token t
+    // (its own chunk edges differ from the probe's).
+    let mut reference = Session::new(m, PolicyInputs::default()).unwrap();
+    let mut fed = 0;
+    for t in [1, 127, 128, 129, 299, 300, 511, 512, 1019, 1020, 1023] {
+        let logits = reference.feed(&ids[fed..t], &mut FullCache).unwrap();
+        fed = t;
+        let want = nats(&logits, ids[t]);
+        let d = (record[t] as f64 - want).abs();
+        // A single-token step and a chunk quantise activations differently (0.1 nats seen);
+        // a misaligned record would be off by nats.
+        assert!(d < 0.25, "position {t}: recorded {} vs {want}", record[t]);
+    }
+    // Repeated text is predicted: the tokens of the second copy are far less surprising.
+    let mean = |r: &[f32]| r.iter().map(|&v| v as f64).sum::<f64>() / r.len() as f64;
+    let period = prompt(4096).windows(8).skip(1).position(|w| w == &ids[..8]).unwrap() + 1;
+    assert!(period < 500, "the fixture repeats every {period} tokens");
+    assert!(mean(&record[period + 8..2 * period]) < 0.5 * mean(&record[8..period]));
+}
+
+#[test]
+fn a_policy_reading_surprisal_needs_it_recorded_from_the_start() {
+    let m = model(WeightFormat::Gguf);
+    let ids = prompt(520);
+    let mut plain = Session::new(m, PolicyInputs::default()).unwrap();
+    let err = plain.feed(&ids, &mut SurprisalProbe::default()).unwrap_err();
+    assert!(matches!(err, EngineError::SurprisalNotRecorded { .. }), "{err}");
+    // A chunk fed under a policy that does not read it leaves a gap no later policy may use.
+    let mut gap = Session::new(m, SurprisalProbe::default().inputs()).unwrap();
+    gap.feed(&ids[..200], &mut FullCache).unwrap();
+    let err = gap.feed(&ids[200..], &mut SurprisalProbe::default()).unwrap_err();
+    assert!(err.to_string().contains("surprisal"), "{err}");
 }

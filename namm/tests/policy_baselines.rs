@@ -49,6 +49,7 @@ impl View {
             attn: &self.attn,
             positions: &self.positions,
             key_norms: &self.key_norms,
+            surprisal: &[],
             tokens_seen: self.seen,
         }
     }

@@ -71,6 +71,7 @@ fn trait_path_in_f32_selects_like_the_f64_core_across_invocations() {
                 attn: &attn,
                 positions: &pos,
                 key_norms: &[],
+                surprisal: &[],
                 tokens_seen: (t + 1) * 64,
             };
             let kept = policy
@@ -85,6 +86,7 @@ fn trait_path_in_f32_selects_like_the_f64_core_across_invocations() {
                     n_new,
                     attn: &attn64,
                     positions: &pos,
+                    surprisal: &[],
                 })
                 .unwrap();
             assert_eq!(kept, kept64, "invocation {t} layer {layer}");
@@ -127,6 +129,7 @@ fn zero_parameters_keep_everything_and_accumulate_statistics() {
         attn: &attn,
         positions: &pos,
         key_norms: &[],
+        surprisal: &[],
         tokens_seen: n,
     };
     assert_eq!(policy.select(&view), None);
@@ -149,6 +152,7 @@ fn malformed_views_keep_everything_without_panicking() {
         attn: &attn,
         positions: &pos,
         key_norms: &[],
+        surprisal: &[],
         tokens_seen: 20,
     };
     // n = 20 is not a multiple of 16.
@@ -189,6 +193,7 @@ fn parameter_files_build_the_same_policy() {
         attn: &attn,
         positions: &pos,
         key_norms: &[],
+        surprisal: &[],
         tokens_seen: 32,
     };
     assert_eq!(from_file.select(&view), direct.select(&view));
@@ -208,6 +213,7 @@ fn heads_on_threads_compute_exactly_what_one_thread_computes() {
         n_new: n,
         attn: &attn,
         positions: &pos,
+        surprisal: &[],
     };
     let mut serial = NammCore::<f32>::new(&params, frozen()).unwrap();
     serial.set_threads(1);
@@ -296,6 +302,7 @@ fn the_window_start_keeps_what_snapkv_keeps() {
             attn: &attn,
             positions: &flat,
             key_norms: &[],
+            surprisal: &[],
             tokens_seen: seen,
         };
         let ours = namm.select(&view).expect("the budget evicts");

@@ -317,8 +317,9 @@ impl Llm {
     }
 
     /// The cached preparation of a prompt, made on first use. Prefixes are prefilled with the
-    /// attention taps a NAMM needs, whatever policy asks first, so every later candidate can
-    /// share them.
+    /// attention taps and the surprisal a NAMM needs, whatever policy asks first, so every
+    /// later candidate can share them (a policy that needs neither does not pay for them past
+    /// the prefix).
     /// Also says whether it came from the cache.
     fn prepared(
         &self,
@@ -353,6 +354,7 @@ impl Llm {
         let inputs = PolicyInputs {
             attention: true,
             key_norms: false,
+            surprisal: true,
         };
         let prepared = Arc::new(self.evaluator.prepare(sample, Some(inputs))?);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());

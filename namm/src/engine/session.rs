@@ -30,6 +30,11 @@ pub struct Session<'m> {
     /// Per layer, the chunks since the previous invocation; empty unless recording.
     pending: Vec<Vec<AttnChunk>>,
     record_attention: bool,
+    /// `[T]`: every token's surprisal, while every chunk so far was recorded (`None` once
+    /// one was fed without it, or when the session was created without it).
+    surprisal: Option<Vec<f32>>,
+    /// Final hidden state of the last token fed, which predicts the next one.
+    last_hidden: Option<Vec<f32>>,
     tokens_seen: usize,
     since_invocation: usize,
     invocations: Vec<InvocationStats>,
@@ -57,6 +62,8 @@ impl<'m> Session<'m> {
             caches,
             pending: vec![Vec::new(); cfg.n_layers],
             record_attention: inputs.attention,
+            surprisal: inputs.surprisal.then(Vec::new),
+            last_hidden: None,
             tokens_seen: 0,
             since_invocation: 0,
             invocations: Vec::new(),
@@ -76,6 +83,8 @@ impl<'m> Session<'m> {
                 .collect::<candle_core::Result<Vec<_>>>()?,
             pending: self.pending.clone(),
             record_attention: self.record_attention,
+            surprisal: self.surprisal.clone(),
+            last_hidden: self.last_hidden.clone(),
             tokens_seen: self.tokens_seen,
             since_invocation: self.since_invocation,
             invocations: self.invocations.clone(),
@@ -272,6 +281,37 @@ impl<'m> Session<'m> {
         Ok((y, mean))
     }
 
+    /// Extends the surprisal record with the tokens `ids` of the chunk whose final hidden
+    /// states are `hidden: [len, hidden]`, or ends the record when `wanted` is false (the
+    /// policy of this chunk does not read it; a later one could not trust a gap).
+    fn record_surprisal(&mut self, hidden: &Tensor, ids: &[u32], wanted: bool) -> Result<()> {
+        let Some(record) = self.surprisal.as_mut().filter(|_| wanted) else {
+            self.surprisal = None;
+            self.last_hidden = None;
+            return Ok(());
+        };
+        let c = ids.len();
+        let mut rows = Vec::with_capacity(2);
+        let targets = match self.last_hidden.take() {
+            Some(prev) => {
+                rows.push(Tensor::from_vec(prev, (1, hidden.dim(1)?), hidden.device())?);
+                ids
+            }
+            None => {
+                record.push((self.model.config().vocab as f32).ln());
+                &ids[1..]
+            }
+        };
+        if c > 1 {
+            rows.push(hidden.narrow(0, 0, c - 1)?);
+        }
+        if !targets.is_empty() {
+            record.extend(self.model.surprisal_rows(&Tensor::cat(&rows, 0)?, targets)?);
+        }
+        self.last_hidden = Some(hidden.narrow(0, c - 1, 1)?.flatten_all()?.to_vec1()?);
+        Ok(())
+    }
+
     /// One policy invocation (spec §2.3) on every layer, then compaction of each layer's cache
     /// to the returned tokens.
     fn invoke(&mut self, policy: &mut dyn MemoryPolicy) -> Result<()> {
@@ -301,6 +341,10 @@ impl<'m> Session<'m> {
                 attn: &attn,
                 positions: &positions,
                 key_norms: &key_norms,
+                surprisal: match &self.surprisal {
+                    Some(s) if inputs.surprisal => s,
+                    _ => &[],
+                },
                 tokens_seen: self.tokens_seen,
             };
             if let Some(kept) = policy.select(&view) {
@@ -370,6 +414,9 @@ pub(crate) fn feed_rows(
             if p.inputs().attention && !session.record_attention {
                 return Err(EngineError::AttentionNotRecorded { policy: p.name() });
             }
+            if p.inputs().surprisal && session.surprisal.is_none() {
+                return Err(EngineError::SurprisalNotRecorded { policy: p.name() });
+            }
         }
     }
     let mut rest: Vec<&[u32]> = ids.to_vec();
@@ -421,6 +468,12 @@ pub(crate) fn feed_rows(
                 for (i, l) in ends.into_iter().zip(out) {
                     logits[i] = Some(l);
                 }
+            }
+            let mut row0 = 0;
+            for (i, c) in &group {
+                let wanted = policies[*i].as_deref().is_none_or(|p| p.inputs().surprisal);
+                rows[*i].record_surprisal(&hidden.narrow(0, row0, c.len())?, c, wanted)?;
+                row0 += c.len();
             }
             for i in members {
                 let session = &mut *rows[i];

@@ -245,6 +245,7 @@ impl MemoryPolicy for Baseline {
                 BaselineKind::H2o { .. } | BaselineKind::SnapKv { .. } | BaselineKind::Tova
             ),
             key_norms: matches!(self.kind, BaselineKind::KNorm { .. }),
+            surprisal: false,
         }
     }
 

@@ -94,15 +94,23 @@ pub enum FeatureSet {
     /// the prompt (the question), which SnapKV's observation window does; the Nyquist bin
     /// (alternation between consecutive queries) is the one given up. Same parameter layout.
     Window,
+    /// The window set, and in place of bin 15 the token's surprisal under the model, averaged
+    /// over [`WINDOW_KERNEL`] neighbouring positions ([`surprisal_feature`]). An invocation
+    /// before the question has no attention that points at what will be asked; what the model
+    /// could not predict (a needle in a repetitive haystack, a name, a number) is what it
+    /// cannot rebuild once evicted, while what it predicts well it largely can (the
+    /// self-information criterion of Selective Context and LLMLingua). Same parameter layout.
+    Surprisal,
 }
 
 impl FeatureSet {
-    pub const NAMES: &'static str = "spectral, window";
+    pub const NAMES: &'static str = "spectral, window, surprisal";
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "spectral" => Some(FeatureSet::Spectral),
             "window" => Some(FeatureSet::Window),
+            "surprisal" => Some(FeatureSet::Surprisal),
             _ => None,
         }
     }
@@ -111,11 +119,22 @@ impl FeatureSet {
         match self {
             FeatureSet::Spectral => "spectral",
             FeatureSet::Window => "window",
+            FeatureSet::Surprisal => "surprisal",
         }
     }
 
     pub fn is_spectral(&self) -> bool {
         *self == FeatureSet::Spectral
+    }
+
+    /// Whether bin 16 holds [`window_feature`].
+    pub fn has_window(&self) -> bool {
+        matches!(self, FeatureSet::Window | FeatureSet::Surprisal)
+    }
+
+    /// Whether bin 15 holds [`surprisal_feature`] (the engine must record surprisal).
+    pub fn has_surprisal(&self) -> bool {
+        *self == FeatureSet::Surprisal
     }
 }
 
@@ -125,6 +144,34 @@ pub const WINDOW_QUERIES: usize = 32;
 pub const WINDOW_KERNEL: usize = 7;
 /// The statistic [`FeatureSet::Window`] puts in place of bin 16.
 pub const WINDOW_BIN: usize = N_BINS - 1;
+
+/// The statistic [`FeatureSet::Surprisal`] puts in place of bin 15.
+pub const SURPRISAL_BIN: usize = N_BINS - 2;
+
+/// Positions at the end of the sequence [`surprisal_feature`] protects.
+pub const SURPRISAL_RECENT: usize = 16;
+
+/// `out[j] = mean_{|p'−p_j| ≤ 3} surprisal[p']` for the token at absolute position `p_j`
+/// (`positions`), over the sequence's positions whether they are still cached or not: a box
+/// filter, so a span of surprising tokens (a key and its number) outranks a lone surprising
+/// word in predictable text, and a token shares its neighbours' score (the `is:` before a
+/// number). The last [`SURPRISAL_RECENT`] positions get the largest surprisal recorded: a
+/// policy invoked while the model writes its answer must keep the chat template's tail and the
+/// answer so far, which the model predicted itself (low surprisal).
+/// `None` when `surprisal` does not cover a position.
+pub fn surprisal_feature<T: Real>(surprisal: &[f32], positions: &[u32], out: &mut [T]) -> Option<()> {
+    let radius = WINDOW_KERNEL / 2;
+    let recent = surprisal.len().saturating_sub(SURPRISAL_RECENT);
+    let most = surprisal.iter().fold(0.0f32, |m, &v| m.max(v));
+    for (o, &p) in out.iter_mut().zip(positions) {
+        let p = p as usize;
+        surprisal.get(p)?;
+        let span = &surprisal[p.saturating_sub(radius)..(p + radius + 1).min(surprisal.len())];
+        let mean = span.iter().map(|&v| v as f64).sum::<f64>() / span.len() as f64;
+        *o = if p >= recent { T::from_f32(most) } else { T::from_f64(mean) };
+    }
+    Some(())
+}
 
 /// `out[j] = ln(1e-6 + max_{|j'−j| ≤ 3} Σ_{last 32 queries i} attn[i][j'])` for one head
 /// (`attn` is `[n_new][n_tokens]`); the window's own tokens get ln(32 + 1e-6), the most any
@@ -420,6 +467,22 @@ mod tests {
             Some(FeatureSet::Spectral)
         );
         assert_eq!(FeatureSet::parse("fft"), None);
+    }
+
+    #[test]
+    fn the_surprisal_feature_pools_over_neighbouring_positions() {
+        let mut surprisal = vec![7.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.5, 0.0, 0.0, 0.0, 0.0];
+        surprisal.resize(12 + SURPRISAL_RECENT, 0.0);
+        // Cached tokens need not be contiguous: position 7 counts for its neighbours though
+        // evicted; the spans are cut at the sequence's start.
+        let positions = [0u32, 3, 4, 10, 11, 12, 27];
+        let mut out = [0.0f64; 7];
+        surprisal_feature(&surprisal, &positions, &mut out).unwrap();
+        // Positions 12.. are the last 16: the most surprising token's value.
+        assert_eq!(out, [7.0 / 4.0, 1.0, 0.5, 0.5, 0.0, 7.0, 7.0]);
+        assert!(surprisal_feature(&surprisal, &[28], &mut out[..1]).is_none());
+        assert_eq!(FeatureSet::parse("surprisal"), Some(FeatureSet::Surprisal));
+        assert!(FeatureSet::Surprisal.has_window() && !FeatureSet::Window.has_surprisal());
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct LayerView<'a> {
     /// `[H][N]`: L2 norm of every cached (post-RoPE) key. Empty unless
     /// [`PolicyInputs::key_norms`] was requested.
     pub key_norms: &'a [f32],
+    /// `[T]`, by absolute position: the surprisal `−ln p(token | the tokens before it)` in
+    /// nats under this sequence's own (evicted) cache; position 0 gets ln(vocabulary size).
+    /// Empty unless [`PolicyInputs::surprisal`] was requested.
+    pub surprisal: &'a [f32],
     /// Total tokens the sequence has processed so far (the rotary offset T, spec §2).
     pub tokens_seen: usize,
 }
@@ -60,6 +64,18 @@ pub struct LayerView<'a> {
 pub struct PolicyInputs {
     pub attention: bool,
     pub key_norms: bool,
+    pub surprisal: bool,
+}
+
+impl PolicyInputs {
+    /// What either `self` or `other` needs.
+    pub fn union(self, other: PolicyInputs) -> PolicyInputs {
+        PolicyInputs {
+            attention: self.attention || other.attention,
+            key_norms: self.key_norms || other.key_norms,
+            surprisal: self.surprisal || other.surprisal,
+        }
+    }
 }
 
 /// A KV-cache eviction rule, applied by the engine at the spec §2 schedule.

@@ -10,8 +10,9 @@ use super::bam::{bam_scores, BamScratch, BamWeights};
 use super::baselines::Budget;
 use super::error::PolicyError;
 use super::features::{
-    carry_decay, frame_weights, recency_row, spectrum_ema, window_feature, FeatureSet,
-    SpectrumInput, Twiddles, FEATURE_DIM, HOP, N_BINS, RECENCY_DIM, WINDOW_BIN,
+    carry_decay, frame_weights, recency_row, spectrum_ema, surprisal_feature, window_feature,
+    FeatureSet, SpectrumInput, Twiddles, FEATURE_DIM, HOP, N_BINS, RECENCY_DIM, SURPRISAL_BIN,
+    WINDOW_BIN,
 };
 use super::layout::BamLayout;
 use super::real::Real;
@@ -53,6 +54,9 @@ pub struct Invocation<'a, T> {
     pub attn: &'a [T],
     /// `[H][n_tokens]` absolute positions.
     pub positions: &'a [u32],
+    /// `[T]` surprisal by absolute position ([`super::LayerView::surprisal`]); read only by
+    /// [`FeatureSet::Surprisal`].
+    pub surprisal: &'a [f32],
 }
 
 /// What a layer remembers between invocations, aligned with its cache (spec §4.1, §4.3).
@@ -77,8 +81,10 @@ pub struct NammCore<T: Real> {
     twiddles: Twiddles<T>,
     layers: Vec<Option<LayerState<T>>>,
     spec: Vec<T>,
-    /// `[H][N]` [`window_feature`] of the last call ([`FeatureSet::Window`] only).
+    /// `[H][N]` [`window_feature`] of the last call (when the feature set has it).
     window: Vec<T>,
+    /// `[H][N]` [`surprisal_feature`] of the last call (when the feature set has it).
+    surprise: Vec<T>,
     features: Vec<T>,
     scores: Vec<T>,
     /// One per head, so heads can run on separate threads.
@@ -137,6 +143,7 @@ impl<T: Real> NammCore<T> {
             layers: Vec::new(),
             spec: Vec::new(),
             window: Vec::new(),
+            surprise: Vec::new(),
             features: Vec::new(),
             scores: Vec::new(),
             bam: Vec::new(),
@@ -287,18 +294,36 @@ impl<T: Real> NammCore<T> {
         });
 
         self.window.clear();
-        if self.feature_set == FeatureSet::Window {
+        self.surprise.clear();
+        if self.feature_set.has_surprisal() {
+            self.surprise.resize(h_count * n, T::ZERO);
+            let heads = self.surprise.chunks_exact_mut(n).zip(inv.positions.chunks_exact(n));
+            for (out, pos) in heads {
+                surprisal_feature(inv.surprisal, pos, out).ok_or_else(|| PolicyError::Input {
+                    field: "surprisal",
+                    reason: format!(
+                        "the {} feature set reads every cached token's surprisal, but {} \
+                         positions were recorded and position {} is cached",
+                        self.feature_set.name(),
+                        inv.surprisal.len(),
+                        pos.iter().max().copied().unwrap_or(0)
+                    ),
+                })?;
+            }
+        }
+        if self.feature_set.has_window() {
             self.window.resize(h_count * n, T::ZERO);
             let heads = self.window.chunks_exact_mut(n).enumerate();
             for_each_head(threads, heads, |(h, out)| {
                 window_feature(&inv.attn[h * n_new * n..(h + 1) * n_new * n], n_new, n, out);
             });
         }
-        let (spec, window) = (&self.spec, &self.window);
-        // The 17 statistics of token row r (head-major): the spectrum, bin 16 replaced by the
-        // window feature when there is one.
-        let stat = move |r: usize, k: usize| match window.get(r) {
-            Some(&w) if k == WINDOW_BIN => w,
+        let (spec, window, surprise) = (&self.spec, &self.window, &self.surprise);
+        // The 17 statistics of token row r (head-major): the spectrum, bins 16 and 15 replaced
+        // by the window and surprisal features when the set has them.
+        let stat = move |r: usize, k: usize| match k {
+            WINDOW_BIN if !window.is_empty() => window[r],
+            SURPRISAL_BIN if !surprise.is_empty() => surprise[r],
             _ => spec[r * N_BINS + k],
         };
         if let NormMode::Accumulate(running) = &mut self.norm {
@@ -511,6 +536,7 @@ impl MemoryPolicy for NammPolicy {
         PolicyInputs {
             attention: true,
             key_norms: false,
+            surprisal: self.core.feature_set().has_surprisal(),
         }
     }
 
@@ -526,6 +552,7 @@ impl MemoryPolicy for NammPolicy {
             n_new: view.n_new,
             attn: view.attn,
             positions: view.positions,
+            surprisal: view.surprisal,
         };
         let cap = self
             .budget

@@ -338,6 +338,7 @@ fn replay_invocations<T: Real>(
                 n_new,
                 attn: &attn,
                 positions: &positions,
+                surprisal: &[],
             })?;
             *store = kept
                 .iter()
