@@ -317,19 +317,10 @@ impl Model {
     }
 
     /// Surprisal `−ln p(targets[i] | row i)` in nats of each row of final hidden states
-    /// `x: [rows, hidden]` under the logits [`Model::logits_rows`] gives, the whole
-    /// vocabulary's log-sum-exp taken per row.
+    /// `x: [rows, hidden]` under the logits [`Model::logits_rows`] gives.
     pub fn surprisal_rows(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
         let logits = self.logits_rows(x)?.to_vec2::<f32>()?;
-        Ok(logits
-            .iter()
-            .zip(targets)
-            .map(|(row, &t)| {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-                (sum.ln() + (max - row[t as usize]) as f64) as f32
-            })
-            .collect())
+        Ok(logits.iter().zip(targets).map(|(row, &t)| surprisal(row, t)).collect())
     }
 
     /// Plain causal forward of `ids` at positions `0..len` without a cache; logits of the
@@ -465,4 +456,11 @@ impl<R: Read + Seek> Gguf<R> {
             .map_err(|e| bad(e.to_string()))?;
         Ok(t)
     }
+}
+
+/// `−ln softmax(logits)[target]` in nats, the whole vocabulary's log-sum-exp taken in f64.
+pub fn surprisal(logits: &[f32], target: u32) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    (sum.ln() + (max - logits[target as usize]) as f64) as f32
 }

@@ -306,7 +306,7 @@ impl Default for StopSpec {
 }
 
 /// The default NAMM run.
-const DEFAULT_RECIPE: &str = include_str!("../../examples/runs/namm-window.toml");
+const DEFAULT_RECIPE: &str = include_str!("../../examples/runs/namm-surprisal.toml");
 
 /// CMA-ES's default population size for dimension `dim`: 4 + ⌊3 ln n⌋.
 pub fn default_population(dim: usize) -> usize {
@@ -392,7 +392,7 @@ impl RunSpec {
     }
 
     /// The run `namm-coord start` submits without `--run`: the recipe the shipped NAMM was
-    /// trained with (`examples/runs/namm-window.toml`). An empty spec is instead the paper's
+    /// trained with (`examples/runs/namm-surprisal.toml`). An empty spec is instead the paper's
     /// procedure (threshold selection, metric fitness, population 32).
     pub fn default_namm() -> RunSpec {
         RunSpec::from_toml(DEFAULT_RECIPE).expect("the default recipe is valid")
@@ -723,7 +723,7 @@ target_fitness = -1e-8
         let namm = spec.namm.as_ref().unwrap();
         assert_eq!(namm.budget(), Some(Budget::Fraction(0.25)));
         assert_eq!(namm.fitness, FitnessKind::Likelihood);
-        assert_eq!(namm.features, FeatureSet::Window);
+        assert_eq!(namm.features, FeatureSet::Surprisal);
         assert_eq!(spec.covariance(), Covariance::Diagonal);
         assert!(spec.strategy.init_from.is_some());
         assert_eq!(spec.stop.target_fitness, f64::INFINITY);

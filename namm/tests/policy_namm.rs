@@ -328,3 +328,65 @@ fn the_window_start_keeps_what_snapkv_keeps() {
     );
     assert!(differs, "the spectral features must rank differently");
 }
+
+/// The hand-set start of the surprisal feature set (`assets/namm-surprisal-start.safetensors`)
+/// keeps every token of a surprising span (a needle in predictable filler) and the newest
+/// tokens, across invocations and whatever attention the heads paid; SnapKV's ranking (the
+/// window start) under the same attention loses needle tokens.
+#[test]
+fn the_surprisal_start_keeps_surprising_spans_and_the_newest_tokens() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../assets/namm-surprisal-start.safetensors"
+    ));
+    let file = NammParams::load(path).unwrap();
+    assert_eq!(file.feature_set().unwrap(), FeatureSet::Surprisal);
+    let budget = Some(Budget::Fraction(0.25));
+    let mut namm = NammPolicy::from_file_with_budget(path, budget).unwrap();
+    assert!(namm.inputs().surprisal && namm.inputs().attention);
+    let mut snapkv = parse_policy("snapkv:budget=0.25").unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (heads, n_new) = (3, 512);
+    // Needles of 7 tokens at 5 nats in filler at 0.05, four per 512 tokens.
+    let needles: Vec<usize> = (0..2)
+        .flat_map(|c| [40, 170, 300, 420].map(|s| c * 512 + s))
+        .flat_map(|s| s..s + 7)
+        .collect();
+    let record: Vec<f32> = (0..1024)
+        .map(|p| if needles.contains(&p) { 5.0 } else { 0.05 })
+        .collect();
+    let (mut seen, mut pos) = (0usize, vec![Vec::<u32>::new(); heads]);
+    let mut snapkv_lost = 0;
+    for _ in 0..2 {
+        let n = pos[0].len() + n_new;
+        for p in pos.iter_mut() {
+            p.extend(seen as u32..(seen + n_new) as u32);
+        }
+        seen += n_new;
+        let attn = attention(&mut rng, heads, n, n_new);
+        let flat: Vec<u32> = pos.concat();
+        let view = LayerView {
+            layer: 0,
+            n_heads: heads,
+            n_tokens: n,
+            n_new,
+            attn: &attn,
+            positions: &flat,
+            key_norms: &[],
+            surprisal: &record[..seen],
+            tokens_seen: seen,
+        };
+        let ours = namm.select(&view).expect("the budget evicts");
+        let theirs = snapkv.select(&view).expect("the budget evicts");
+        for (h, (p, kept)) in pos.iter_mut().zip(&ours).enumerate() {
+            assert!(kept.len() <= seen / 4, "head {h} keeps {} of {seen}", kept.len());
+            *p = kept.iter().map(|&j| p[j]).collect();
+            for want in needles.iter().filter(|&&q| q < seen).chain(&[seen - 16, seen - 1]) {
+                assert!(p.contains(&(*want as u32)), "head {h} lost position {want}");
+            }
+            let snap: Vec<u32> = theirs[h].iter().map(|&j| flat[h * n + j]).collect();
+            snapkv_lost += needles.iter().filter(|&&q| q < seen && !snap.contains(&(q as u32))).count();
+        }
+    }
+    assert!(snapkv_lost > 0, "SnapKV's ranking must lose needle tokens here");
+}

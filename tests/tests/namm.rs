@@ -146,7 +146,7 @@ fn a_bare_start_submits_the_default_run_once() {
     let runs = c.json(&["runs"]);
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert_eq!(runs[0]["name"], "namm-window-0.25");
+    assert_eq!(runs[0]["name"], "namm-surprisal-0.25");
     assert_eq!(runs[0]["status"], "running");
     assert_eq!(runs[0]["population"], 8);
     assert_eq!(runs[0]["dim"], 4172);

@@ -7,8 +7,17 @@ use super::cache::LayerCache;
 use super::stats::InvocationStats;
 use super::{decode, softmax};
 use super::{EngineError, Result, CHUNK, POLICY_PERIOD};
-use crate::model::{Model, Span, WeightFormat};
+use crate::model::{surprisal, Model, Span, WeightFormat};
 use crate::policy::{LayerView, MemoryPolicy, PolicyInputs};
+
+/// What predicts the next token of a sequence: the final hidden state of its last token, or
+/// that state's logits when they were computed anyway (a decode step), which saves the
+/// output projection a second time.
+#[derive(Debug, Clone)]
+enum Predictor {
+    Hidden(Vec<f32>),
+    Logits(Vec<f32>),
+}
 
 /// Attention rows of one chunk for one layer, `[H][rows][cols]`, cols = N when it ran.
 #[derive(Debug, Clone)]
@@ -33,8 +42,8 @@ pub struct Session<'m> {
     /// `[T]`: every token's surprisal, while every chunk so far was recorded (`None` once
     /// one was fed without it, or when the session was created without it).
     surprisal: Option<Vec<f32>>,
-    /// Final hidden state of the last token fed, which predicts the next one.
-    last_hidden: Option<Vec<f32>>,
+    /// What predicts the token after the last one fed, while surprisal is recorded.
+    predictor: Option<Predictor>,
     tokens_seen: usize,
     since_invocation: usize,
     invocations: Vec<InvocationStats>,
@@ -63,7 +72,7 @@ impl<'m> Session<'m> {
             pending: vec![Vec::new(); cfg.n_layers],
             record_attention: inputs.attention,
             surprisal: inputs.surprisal.then(Vec::new),
-            last_hidden: None,
+            predictor: None,
             tokens_seen: 0,
             since_invocation: 0,
             invocations: Vec::new(),
@@ -84,7 +93,7 @@ impl<'m> Session<'m> {
             pending: self.pending.clone(),
             record_attention: self.record_attention,
             surprisal: self.surprisal.clone(),
-            last_hidden: self.last_hidden.clone(),
+            predictor: self.predictor.clone(),
             tokens_seen: self.tokens_seen,
             since_invocation: self.since_invocation,
             invocations: self.invocations.clone(),
@@ -282,20 +291,31 @@ impl<'m> Session<'m> {
     }
 
     /// Extends the surprisal record with the tokens `ids` of the chunk whose final hidden
-    /// states are `hidden: [len, hidden]`, or ends the record when `wanted` is false (the
-    /// policy of this chunk does not read it; a later one could not trust a gap).
-    fn record_surprisal(&mut self, hidden: &Tensor, ids: &[u32], wanted: bool) -> Result<()> {
+    /// states are `hidden: [len, hidden]` (`last_logits`: those of its last row, when the
+    /// caller computed them), or ends the record when `wanted` is false (the policy of this
+    /// chunk does not read it; a later one could not trust a gap).
+    fn record_surprisal(
+        &mut self,
+        hidden: &Tensor,
+        ids: &[u32],
+        last_logits: Option<&[f32]>,
+        wanted: bool,
+    ) -> Result<()> {
         let Some(record) = self.surprisal.as_mut().filter(|_| wanted) else {
             self.surprisal = None;
-            self.last_hidden = None;
+            self.predictor = None;
             return Ok(());
         };
         let c = ids.len();
         let mut rows = Vec::with_capacity(2);
-        let targets = match self.last_hidden.take() {
-            Some(prev) => {
+        let targets = match self.predictor.take() {
+            Some(Predictor::Hidden(prev)) => {
                 rows.push(Tensor::from_vec(prev, (1, hidden.dim(1)?), hidden.device())?);
                 ids
+            }
+            Some(Predictor::Logits(logits)) => {
+                record.push(surprisal(&logits, ids[0]));
+                &ids[1..]
             }
             None => {
                 record.push((self.model.config().vocab as f32).ln());
@@ -308,7 +328,10 @@ impl<'m> Session<'m> {
         if !targets.is_empty() {
             record.extend(self.model.surprisal_rows(&Tensor::cat(&rows, 0)?, targets)?);
         }
-        self.last_hidden = Some(hidden.narrow(0, c - 1, 1)?.flatten_all()?.to_vec1()?);
+        self.predictor = Some(match last_logits {
+            Some(l) => Predictor::Logits(l.to_vec()),
+            None => Predictor::Hidden(hidden.narrow(0, c - 1, 1)?.flatten_all()?.to_vec1()?),
+        });
         Ok(())
     }
 
@@ -472,7 +495,8 @@ pub(crate) fn feed_rows(
             let mut row0 = 0;
             for (i, c) in &group {
                 let wanted = policies[*i].as_deref().is_none_or(|p| p.inputs().surprisal);
-                rows[*i].record_surprisal(&hidden.narrow(0, row0, c.len())?, c, wanted)?;
+                let rows_i = hidden.narrow(0, row0, c.len())?;
+                rows[*i].record_surprisal(&rows_i, c, logits[*i].as_deref(), wanted)?;
                 row0 += c.len();
             }
             for i in members {
