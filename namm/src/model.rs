@@ -321,8 +321,15 @@ impl Model {
     /// chunk's projections (several times faster than [`Model::logits_rows`]' row-by-row
     /// kernels, whose activation quantisation can move a surprisal by ~0.1 nats).
     pub fn surprisal_rows(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.output.forward(&self.norm.forward(x)?)?.to_vec2::<f32>()?;
-        Ok(logits.iter().zip(targets).map(|(row, &t)| surprisal(row, t)).collect())
+        let logits = self
+            .output
+            .forward(&self.norm.forward(x)?)?
+            .to_vec2::<f32>()?;
+        Ok(logits
+            .iter()
+            .zip(targets)
+            .map(|(row, &t)| surprisal(row, t))
+            .collect())
     }
 
     /// Plain causal forward of `ids` at positions `0..len` without a cache; logits of the

@@ -860,7 +860,12 @@ fn surprisal_is_what_a_plain_forward_predicts() {
     }
     // Repeated text is predicted: the tokens of the second copy are far less surprising.
     let mean = |r: &[f32]| r.iter().map(|&v| v as f64).sum::<f64>() / r.len() as f64;
-    let period = prompt(4096).windows(8).skip(1).position(|w| w == &ids[..8]).unwrap() + 1;
+    let period = prompt(4096)
+        .windows(8)
+        .skip(1)
+        .position(|w| w == &ids[..8])
+        .unwrap()
+        + 1;
     assert!(period < 500, "the fixture repeats every {period} tokens");
     assert!(mean(&record[period + 8..2 * period]) < 0.5 * mean(&record[8..period]));
 }
@@ -870,11 +875,18 @@ fn a_policy_reading_surprisal_needs_it_recorded_from_the_start() {
     let m = model(WeightFormat::Gguf);
     let ids = prompt(520);
     let mut plain = Session::new(m, PolicyInputs::default()).unwrap();
-    let err = plain.feed(&ids, &mut SurprisalProbe::default()).unwrap_err();
-    assert!(matches!(err, EngineError::SurprisalNotRecorded { .. }), "{err}");
+    let err = plain
+        .feed(&ids, &mut SurprisalProbe::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::SurprisalNotRecorded { .. }),
+        "{err}"
+    );
     // A chunk fed under a policy that does not read it leaves a gap no later policy may use.
     let mut gap = Session::new(m, SurprisalProbe::default().inputs()).unwrap();
     gap.feed(&ids[..200], &mut FullCache).unwrap();
-    let err = gap.feed(&ids[200..], &mut SurprisalProbe::default()).unwrap_err();
+    let err = gap
+        .feed(&ids[200..], &mut SurprisalProbe::default())
+        .unwrap_err();
     assert!(err.to_string().contains("surprisal"), "{err}");
 }

@@ -379,14 +379,28 @@ fn the_surprisal_start_keeps_surprising_spans_and_the_newest_tokens() {
         let ours = namm.select(&view).expect("the budget evicts");
         let theirs = snapkv.select(&view).expect("the budget evicts");
         for (h, (p, kept)) in pos.iter_mut().zip(&ours).enumerate() {
-            assert!(kept.len() <= seen / 4, "head {h} keeps {} of {seen}", kept.len());
+            assert!(
+                kept.len() <= seen / 4,
+                "head {h} keeps {} of {seen}",
+                kept.len()
+            );
             *p = kept.iter().map(|&j| p[j]).collect();
-            for want in needles.iter().filter(|&&q| q < seen).chain(&[seen - 16, seen - 1]) {
+            for want in needles
+                .iter()
+                .filter(|&&q| q < seen)
+                .chain(&[seen - 16, seen - 1])
+            {
                 assert!(p.contains(&(*want as u32)), "head {h} lost position {want}");
             }
             let snap: Vec<u32> = theirs[h].iter().map(|&j| flat[h * n + j]).collect();
-            snapkv_lost += needles.iter().filter(|&&q| q < seen && !snap.contains(&(q as u32))).count();
+            snapkv_lost += needles
+                .iter()
+                .filter(|&&q| q < seen && !snap.contains(&(q as u32)))
+                .count();
         }
     }
-    assert!(snapkv_lost > 0, "SnapKV's ranking must lose needle tokens here");
+    assert!(
+        snapkv_lost > 0,
+        "SnapKV's ranking must lose needle tokens here"
+    );
 }

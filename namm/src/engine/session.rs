@@ -310,7 +310,11 @@ impl<'m> Session<'m> {
         let mut rows = Vec::with_capacity(2);
         let targets = match self.predictor.take() {
             Some(Predictor::Hidden(prev)) => {
-                rows.push(Tensor::from_vec(prev, (1, hidden.dim(1)?), hidden.device())?);
+                rows.push(Tensor::from_vec(
+                    prev,
+                    (1, hidden.dim(1)?),
+                    hidden.device(),
+                )?);
                 ids
             }
             Some(Predictor::Logits(logits)) => {
@@ -326,7 +330,10 @@ impl<'m> Session<'m> {
             rows.push(hidden.narrow(0, 0, c - 1)?);
         }
         if !targets.is_empty() {
-            record.extend(self.model.surprisal_rows(&Tensor::cat(&rows, 0)?, targets)?);
+            record.extend(
+                self.model
+                    .surprisal_rows(&Tensor::cat(&rows, 0)?, targets)?,
+            );
         }
         self.predictor = Some(match last_logits {
             Some(l) => Predictor::Logits(l.to_vec()),

@@ -159,7 +159,11 @@ pub const SURPRISAL_RECENT: usize = 16;
 /// policy invoked while the model writes its answer must keep the chat template's tail and the
 /// answer so far, which the model predicted itself (low surprisal).
 /// `None` when `surprisal` does not cover a position.
-pub fn surprisal_feature<T: Real>(surprisal: &[f32], positions: &[u32], out: &mut [T]) -> Option<()> {
+pub fn surprisal_feature<T: Real>(
+    surprisal: &[f32],
+    positions: &[u32],
+    out: &mut [T],
+) -> Option<()> {
     let radius = WINDOW_KERNEL / 2;
     let recent = surprisal.len().saturating_sub(SURPRISAL_RECENT);
     let most = surprisal.iter().fold(0.0f32, |m, &v| m.max(v));
@@ -168,7 +172,11 @@ pub fn surprisal_feature<T: Real>(surprisal: &[f32], positions: &[u32], out: &mu
         surprisal.get(p)?;
         let span = &surprisal[p.saturating_sub(radius)..(p + radius + 1).min(surprisal.len())];
         let mean = span.iter().map(|&v| v as f64).sum::<f64>() / span.len() as f64;
-        *o = if p >= recent { T::from_f32(most) } else { T::from_f64(mean) };
+        *o = if p >= recent {
+            T::from_f32(most)
+        } else {
+            T::from_f64(mean)
+        };
     }
     Some(())
 }
@@ -471,7 +479,9 @@ mod tests {
 
     #[test]
     fn the_surprisal_feature_pools_over_neighbouring_positions() {
-        let mut surprisal = vec![7.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.5, 0.0, 0.0, 0.0, 0.0];
+        let mut surprisal = vec![
+            7.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.5, 0.0, 0.0, 0.0, 0.0,
+        ];
         surprisal.resize(12 + SURPRISAL_RECENT, 0.0);
         // Cached tokens need not be contiguous: position 7 counts for its neighbours though
         // evicted; the spans are cut at the sequence's start.

@@ -297,7 +297,10 @@ impl<T: Real> NammCore<T> {
         self.surprise.clear();
         if self.feature_set.has_surprisal() {
             self.surprise.resize(h_count * n, T::ZERO);
-            let heads = self.surprise.chunks_exact_mut(n).zip(inv.positions.chunks_exact(n));
+            let heads = self
+                .surprise
+                .chunks_exact_mut(n)
+                .zip(inv.positions.chunks_exact(n));
             for (out, pos) in heads {
                 surprisal_feature(inv.surprisal, pos, out).ok_or_else(|| PolicyError::Input {
                     field: "surprisal",
