@@ -27,6 +27,22 @@ fn attention(rng: &mut ChaCha8Rng, heads: usize, n: usize, n_new: usize) -> Vec<
     a
 }
 
+/// Appends the next `n_new` positions to every head's cached positions and draws the
+/// invocation's attention; returns it with the positions flattened head-major.
+fn next_invocation(
+    rng: &mut ChaCha8Rng,
+    pos: &mut [Vec<u32>],
+    seen: &mut usize,
+    n_new: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    for p in pos.iter_mut() {
+        p.extend(*seen as u32..(*seen + n_new) as u32);
+    }
+    *seen += n_new;
+    let attn = attention(rng, pos.len(), pos[0].len(), n_new);
+    (attn, pos.concat())
+}
+
 fn random_params(seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..BamLayout::I1.param_count())
@@ -288,12 +304,7 @@ fn the_window_start_keeps_what_snapkv_keeps() {
     let (mut agree, mut total, mut differs) = (0usize, 0usize, false);
     for _ in 0..3 {
         let n = n_old + n_new;
-        for p in pos.iter_mut() {
-            p.extend(seen as u32..(seen + n_new) as u32);
-        }
-        seen += n_new;
-        let attn = attention(&mut rng, heads, n, n_new);
-        let flat: Vec<u32> = pos.concat();
+        let (attn, flat) = next_invocation(&mut rng, &mut pos, &mut seen, n_new);
         let view = LayerView {
             layer: 0,
             n_heads: heads,
@@ -359,12 +370,7 @@ fn the_surprisal_start_keeps_surprising_spans_and_the_newest_tokens() {
     let mut snapkv_lost = 0;
     for _ in 0..2 {
         let n = pos[0].len() + n_new;
-        for p in pos.iter_mut() {
-            p.extend(seen as u32..(seen + n_new) as u32);
-        }
-        seen += n_new;
-        let attn = attention(&mut rng, heads, n, n_new);
-        let flat: Vec<u32> = pos.concat();
+        let (attn, flat) = next_invocation(&mut rng, &mut pos, &mut seen, n_new);
         let view = LayerView {
             layer: 0,
             n_heads: heads,
