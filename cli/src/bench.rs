@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use namm::engine::Session;
 use namm::evaluate::parse_device;
-use namm::model::{Model, ModelSource, WeightFormat};
+use namm::model::{Model, ModelSource, WeightFormat, DEFAULT_FORMAT};
 use namm::policy::{FullCache, MemoryPolicy, NammPolicy, NormMode, PolicyInputs, PARAM_COUNT};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -24,7 +24,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Weight format (see `namm eval --help`)
-    #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
+    #[arg(long, default_value = DEFAULT_FORMAT, value_parser = parse_format)]
     pub format: WeightFormat,
     /// Prompt tokens per row
     #[arg(long, default_value_t = 2048)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use namm::evaluate::{parse_device, EvalOptions, Evaluator, PrefixReuse, TaskEvaluation};
-use namm::model::{ModelSource, WeightFormat, DEFAULT_MODEL_PATH};
+use namm::model::{ModelSource, WeightFormat, DEFAULT_FORMAT, DEFAULT_MODEL_PATH};
 use namm::policy::{parse_policy, MemoryPolicy};
 use namm::tasks::TaskSpec;
 use serde::Serialize;
@@ -67,10 +67,12 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// How the weights are held: f32+gguf (f32 prefill, the file's own blocks for decode: the
-    /// fastest on CPU, ~4.6 bytes per weight), gguf (as stored, candle's kernels: exactly
-    /// candle's quantized_llama numbers, ~10x slower), f32, q8_0 or f32+q8_0
-    #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
+    /// How the weights are held: int8+gguf (the file's own Q4_1/Q8_0 blocks against
+    /// activations quantised to 8 bits, AVX-512 VNNI integer products: the fastest on CPU,
+    /// ~1.3 bytes per weight), f32+gguf (f32 prefill, the file's blocks for decode, ~4.6
+    /// bytes per weight; the default before int8+gguf), gguf (as stored, candle's kernels:
+    /// exactly candle's quantized_llama numbers, ~10x slower), f32, q8_0 or f32+q8_0
+    #[arg(long, default_value = DEFAULT_FORMAT, value_parser = parse_format)]
     pub format: WeightFormat,
     /// Run up to N policies of a sample as rows of one batch (same results; the weights are
     /// read once per decode step for all rows: for GPUs, and CPUs with short prompts)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use namm::engine::{step, Sampling, StopReason, Stream};
 use namm::evaluate::{parse_device, Evaluator};
-use namm::model::{ModelSource, WeightFormat, DEFAULT_MODEL_PATH};
+use namm::model::{ModelSource, WeightFormat, DEFAULT_FORMAT, DEFAULT_MODEL_PATH};
 use namm::policy::parse_policy;
 use namm::tokenizer::TextStream;
 use serde::Serialize;
@@ -53,7 +53,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// How the weights are held (as `namm eval --format`)
-    #[arg(long, default_value = "f32+gguf", value_parser = crate::eval::parse_format)]
+    #[arg(long, default_value = DEFAULT_FORMAT, value_parser = crate::eval::parse_format)]
     pub format: WeightFormat,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]

@@ -3,7 +3,7 @@
 //! CMA-ES starting spread), on 2 threads.
 //!
 //! `cargo bench -p namm --bench engine`; env `NAMM_BENCH_FORMATS` (comma-separated, default
-//! `f32+gguf`), `NAMM_BENCH_LENGTHS` (default `512,1024,2048,4096`), `NAMM_BENCH_DECODE`
+//! the binaries' default format), `NAMM_BENCH_LENGTHS` (default `512,1024,2048,4096`), `NAMM_BENCH_DECODE`
 //! (tokens generated per run, default 64), `NAMM_MODEL`.
 
 #[path = "../tests/common/mod.rs"]
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use namm::engine::{Engine, GenerateOptions};
-use namm::model::{Model, WeightFormat};
+use namm::model::{Model, WeightFormat, DEFAULT_FORMAT};
 use namm::policy::{BamLayout, FullCache, MemoryPolicy, NammPolicy};
 
 fn env_list<T: std::str::FromStr>(key: &str, default: &str) -> Vec<T>
@@ -58,7 +58,7 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
     }
     let path = common::model_path();
-    let formats: Vec<WeightFormat> = env_list("NAMM_BENCH_FORMATS", "f32+gguf");
+    let formats: Vec<WeightFormat> = env_list("NAMM_BENCH_FORMATS", DEFAULT_FORMAT);
     let lengths: Vec<usize> = env_list("NAMM_BENCH_LENGTHS", "512,1024,2048,4096");
     let decode: usize = std::env::var("NAMM_BENCH_DECODE")
         .ok()

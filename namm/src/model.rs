@@ -10,6 +10,7 @@
 
 mod config;
 mod error;
+mod int8;
 mod linear;
 mod q4;
 mod q8;
@@ -26,7 +27,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
-pub use linear::{Linear, WeightFormat};
+pub use linear::{Linear, WeightFormat, DEFAULT_FORMAT};
 pub use random::{RandomModel, RandomModelError, RandomShape, RANDOM_PREFIX};
 pub use source::{ModelSource, DEFAULT_MODEL_PATH};
 

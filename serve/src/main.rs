@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use namm::evaluate::{parse_device, Evaluator};
-use namm::model::{ModelSource, WeightFormat, DEFAULT_MODEL_PATH};
+use namm::model::{ModelSource, WeightFormat, DEFAULT_FORMAT, DEFAULT_MODEL_PATH};
 use namm::policy::parse_policy;
 use namm_proto::bearer::BearerToken;
 use tokio::sync::mpsc;
@@ -86,7 +86,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
     /// How the weights are held (as `namm eval --format`)
-    #[arg(long, default_value = "f32+gguf")]
+    #[arg(long, default_value = DEFAULT_FORMAT)]
     format: WeightFormat,
     /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature)
     #[arg(long, default_value = "cpu")]

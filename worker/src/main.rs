@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use namm::model::{ModelSource, WeightFormat};
+use namm::model::{ModelSource, WeightFormat, DEFAULT_FORMAT};
 use namm_worker::auth::{parse_timeout, resolve_token, ClientAuth, Timeouts};
 use namm_worker::llm::Llm;
 use namm_worker::WorkerConfig;
@@ -56,9 +56,10 @@ struct Cli {
     /// speed checks without the download; its sha256 is logged at start.
     #[arg(long, env = "NAMM_MODEL", value_name = "PATH")]
     model: Option<String>,
-    /// How the model's weights are held in memory: gguf (as stored), f32, q8_0, f32+q8_0 or
-    /// f32+gguf (f32 for prefill, the file's blocks for decoding; the fastest on a CPU).
-    #[arg(long, default_value = "f32+gguf", value_parser = parse_format)]
+    /// How the model's weights are held in memory (as `namm eval --format`): int8+gguf (the
+    /// file's blocks in 8-bit integer products; the fastest on a CPU), f32+gguf, gguf (as
+    /// stored, candle's kernels), f32, q8_0 or f32+q8_0.
+    #[arg(long, default_value = DEFAULT_FORMAT, value_parser = parse_format)]
     format: WeightFormat,
     /// Where the model runs: cpu, cuda or cuda:N (cuda needs a build with the `cuda`
     /// feature). Reported at registration; `namm workers` shows it.
