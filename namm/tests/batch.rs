@@ -112,7 +112,7 @@ fn rows_equal_alone(model: &Model, lens: &[usize], steps: usize) {
 
 #[test]
 fn batch_rows_on_the_real_model_equal_each_row_alone() {
-    let model = Model::load(model_path(), &Device::Cpu, WeightFormat::F32Gguf).unwrap();
+    let model = Model::load(model_path(), &Device::Cpu, WeightFormat::Int8Gguf).unwrap();
     // Different lengths: rows reach their invocations (T = 512) and chunk ends at different
     // steps, so batches mix rows at different positions.
     rows_equal_alone(&model, &[700, 560, 630, 530], 4);
@@ -121,7 +121,11 @@ fn batch_rows_on_the_real_model_equal_each_row_alone() {
 #[test]
 fn batch_rows_on_a_random_tiny_model_equal_each_row_alone() {
     let source: ModelSource = "random:tiny:seed=5".parse().unwrap();
-    for format in [WeightFormat::F32Gguf, WeightFormat::Gguf] {
+    for format in [
+        WeightFormat::Int8Gguf,
+        WeightFormat::F32Gguf,
+        WeightFormat::Gguf,
+    ] {
         let model = Model::load_source(&source, &Device::Cpu, format).unwrap();
         rows_equal_alone(&model, &[1100, 1030, 1500, 900], 6);
     }
