@@ -9,7 +9,8 @@ of threads and the same prompt token ids; llama.cpp reads the prompt in batches 
 tokens, namm in its own chunks of 128. Prints the median of the rounds and the ratios.
 
 usage: scripts/engine-vs-llamacpp.py [--model GGUF] [--lengths 512,1024,2048,4096]
-                                     [--rounds 3] [--decode 32] [--threads 2] [--json OUT]
+                                     [--rounds 3] [--decode 32] [--threads 2]
+                                     [--format int8+gguf] [--json OUT]
 """
 import argparse
 import json
@@ -32,9 +33,9 @@ def prompt_ids(vocab, tokens):
     return [(i * 7919) % (vocab - 3) + 3 for i in range(tokens)]
 
 
-def run_namm(model, tokens, decode, threads, taps):
-    cmd = [namm_bin(), "bench", "--model", model, "--tokens", str(tokens), "--decode",
-           str(decode), "--batch", "1", "--json"] + ([] if taps else ["--no-taps"])
+def run_namm(model, fmt, tokens, decode, threads, taps):
+    cmd = [namm_bin(), "bench", "--model", model, "--format", fmt, "--tokens", str(tokens),
+           "--decode", str(decode), "--batch", "1", "--json"] + ([] if taps else ["--no-taps"])
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     t = json.loads(out)["throughput"][0]
@@ -61,6 +62,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--format", default="int8+gguf", help="namm's weight format (namm eval --format)")
     ap.add_argument("--json", help="also write every measurement here")
     args = ap.parse_args()
     try:
@@ -77,9 +79,9 @@ def main():
     for r in range(args.rounds):
         for n in lengths:
             m = rows.setdefault(n, {"namm": [], "namm_no_taps": [], "llama.cpp": []})
-            m["namm"].append(run_namm(args.model, n, args.decode, args.threads, True))
+            m["namm"].append(run_namm(args.model, args.format, n, args.decode, args.threads, True))
             m["llama.cpp"].append(run_llamacpp(llm, vocab, n, args.decode))
-            m["namm_no_taps"].append(run_namm(args.model, n, args.decode, args.threads, False))
+            m["namm_no_taps"].append(run_namm(args.model, args.format, n, args.decode, args.threads, False))
             print(f"round {r + 1} tokens {n}: " + ", ".join(
                 f"{k} {v[-1][0]:.0f}/{v[-1][1]:.1f}" for k, v in m.items()), file=sys.stderr)
     med = lambda xs, i: statistics.median(x[i] for x in xs)
