@@ -79,6 +79,7 @@ pub(crate) fn attend(
         .collect();
     let (pp, parts) = (p.as_mut_ptr() as usize, partials.as_mut_ptr() as usize);
     let avx2 = cfg!(target_arch = "x86_64") && avx2_fma();
+    let avx512 = cfg!(target_arch = "x86_64") && avx512() && avx512_fits(dims);
     candle_core::utils::barrier_pool().execute_chunked(heads * spans, |range| {
         for t in range {
             let (h, s) = (t / spans, t % spans);
@@ -100,7 +101,13 @@ pub(crate) fn attend(
                     )
                 })
                 .collect();
-            if avx2 {
+            if avx512 {
+                // SAFETY: avx512f was detected at run time and the shape is one it handles.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    span_avx512(qs, keys, vals, scale, rows, part)
+                }
+            } else if avx2 {
                 // SAFETY: avx2 and fma were detected at run time.
                 unsafe { span_avx2(qs, keys, vals, scale, rows, part) }
             } else {
@@ -159,6 +166,103 @@ unsafe fn span_avx2(
     span(qs, keys, vals, scale, rows, part)
 }
 
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`span_avx512`] keeps this shape in registers: D = 64 or 128, G of 1 to 4.
+fn avx512_fits(dims: Dims) -> bool {
+    matches!(dims.head_dim, 64 | 128) && (1..=4).contains(&dims.group)
+}
+
+/// [`span`] with the G·D weighted-value sums held in registers and the products in FMAs:
+/// dispatched on (D/16, G), which [`avx512_fits`] has checked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn span_avx512(
+    qs: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    scale: f32,
+    rows: Vec<&mut [f32]>,
+    part: &mut Partial,
+) {
+    let (c, g) = (qs.len() / rows.len() / 16, rows.len());
+    match (c, g) {
+        (4, 1) => span_regs::<4, 1>(qs, keys, vals, scale, rows, part),
+        (4, 2) => span_regs::<4, 2>(qs, keys, vals, scale, rows, part),
+        (4, 3) => span_regs::<4, 3>(qs, keys, vals, scale, rows, part),
+        (4, 4) => span_regs::<4, 4>(qs, keys, vals, scale, rows, part),
+        (8, 1) => span_regs::<8, 1>(qs, keys, vals, scale, rows, part),
+        (8, 2) => span_regs::<8, 2>(qs, keys, vals, scale, rows, part),
+        (8, 3) => span_regs::<8, 3>(qs, keys, vals, scale, rows, part),
+        _ => span_regs::<8, 4>(qs, keys, vals, scale, rows, part),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn span_regs<const C: usize, const G: usize>(
+    qs: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    scale: f32,
+    mut rows: Vec<&mut [f32]>,
+    part: &mut Partial,
+) {
+    use std::arch::x86_64::*;
+    let d = C * 16;
+    let load = |x: &[f32], at: usize| _mm512_loadu_ps(x.as_ptr().add(at));
+    let q: [[__m512; C]; G] =
+        std::array::from_fn(|g| std::array::from_fn(|c| load(qs, g * d + c * 16)));
+    for j in 0..keys.len() / d {
+        let k: [__m512; C] = std::array::from_fn(|c| load(keys, j * d + c * 16));
+        for (g, q) in q.iter().enumerate() {
+            let mut a = _mm512_mul_ps(q[0], k[0]);
+            for c in 1..C {
+                a = _mm512_fmadd_ps(q[c], k[c], a);
+            }
+            rows[g][j] = _mm512_reduce_add_ps(a) * scale;
+        }
+    }
+    exponentiate(&mut rows, part);
+    let mut acc: [[__m512; C]; G] =
+        std::array::from_fn(|g| std::array::from_fn(|c| load(&part.y, g * d + c * 16)));
+    for j in 0..vals.len() / d {
+        let v: [__m512; C] = std::array::from_fn(|c| load(vals, j * d + c * 16));
+        for (g, acc) in acc.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(rows[g][j]);
+            for c in 0..C {
+                acc[c] = _mm512_fmadd_ps(w, v[c], acc[c]);
+            }
+        }
+    }
+    for (g, acc) in acc.iter().enumerate() {
+        for (c, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(part.y.as_mut_ptr().add(g * d + c * 16), *acc);
+        }
+    }
+}
+
+/// Each row's scores → exp(score − row maximum), with the maximum and the sum into `part`.
+#[inline(always)]
+fn exponentiate(rows: &mut [&mut [f32]], part: &mut Partial) {
+    for (g, row) in rows.iter_mut().enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for s in row.iter_mut() {
+            *s = exp(*s - max);
+        }
+        part.max[g] = max;
+        part.sum[g] = sum(row);
+    }
+}
+
 /// One KV head's span (`keys`/`vals`: `[S][D]`) against its G query rows `qs` (`[G][D]`):
 /// the unnormalised exp(score − span maximum) into `rows[g]`, and the span's maximum, sum and
 /// weighted values into `part`. Each key and value row is read once for all G queries.
@@ -178,14 +282,7 @@ fn span(
             row[j] = dot(q, key) * scale;
         }
     }
-    for (g, row) in rows.iter_mut().enumerate() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for s in row.iter_mut() {
-            *s = exp(*s - max);
-        }
-        part.max[g] = max;
-        part.sum[g] = sum(row);
-    }
+    exponentiate(&mut rows, part);
     for (j, val) in vals.chunks_exact(d).enumerate() {
         for (row, y) in rows.iter().zip(part.y.chunks_exact_mut(d)) {
             let w = row[j];
@@ -273,13 +370,20 @@ mod tests {
 
     #[test]
     fn spans_merge_to_the_softmax_of_the_whole_cache() {
-        for n in [1, 200, 700, 2500] {
+        // The default model's shape, a larger head and group, and one no SIMD path keeps in
+        // registers.
+        let shapes = [(3, 3, 64), (2, 4, 128), (1, 5, 48)];
+        for (n, (heads, group, head_dim)) in [1, 200, 700, 2500]
+            .into_iter()
+            .flat_map(|n| shapes.map(|s| (n, s)))
+        {
             let dims = Dims {
-                heads: 3,
-                group: 3,
-                head_dim: 64,
+                heads,
+                group,
+                head_dim,
                 n,
             };
+            let (hq, d) = (heads * group, head_dim);
             let noise = |len: usize, seed: u64| -> Vec<f32> {
                 (0..len as u64)
                     .map(|i| {
@@ -288,11 +392,15 @@ mod tests {
                     })
                     .collect()
             };
-            let (q, k, v) = (noise(9 * 64, 1), noise(3 * n * 64, 2), noise(3 * n * 64, 3));
+            let (q, k, v) = (
+                noise(hq * d, 1),
+                noise(heads * n * d, 2),
+                noise(heads * n * d, 3),
+            );
             let dev = Device::Cpu;
-            let qt = Tensor::from_vec(q.clone(), (9, 1, 64), &dev).unwrap();
-            let kt = Tensor::from_vec(k.clone(), (3, n, 64), &dev).unwrap();
-            let vt = Tensor::from_vec(v.clone(), (3, n, 64), &dev).unwrap();
+            let qt = Tensor::from_vec(q.clone(), (hq, 1, d), &dev).unwrap();
+            let kt = Tensor::from_vec(k.clone(), (heads, n, d), &dev).unwrap();
+            let vt = Tensor::from_vec(v.clone(), (heads, n, d), &dev).unwrap();
             let (y, p) = attend(&qt, &kt, &vt, dims, true).unwrap().unwrap();
             let (want_y, want_p) = reference(&q, &k, &v, dims);
             let worst = |a: &[f32], b: &[f64]| {
@@ -303,12 +411,12 @@ mod tests {
             };
             assert!(
                 worst(&y, &want_y) < 1e-5,
-                "n = {n}: y off by {}",
+                "{dims:?}: y off by {}",
                 worst(&y, &want_y)
             );
             assert!(
                 worst(&p, &want_p) < 1e-6,
-                "n = {n}: p off by {}",
+                "{dims:?}: p off by {}",
                 worst(&p, &want_p)
             );
             for row in p.chunks_exact(n) {
