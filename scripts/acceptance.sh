@@ -10,9 +10,10 @@
 #   on), and niah-multikey with 2 keys at 1024 (not trained on)
 # Env: NAMM_BIN_DIR (default $CARGO_TARGET_DIR/release or target/release), SAMPLES (50),
 #   SEED (1), NAMM_FILE (default assets/namm-smollm2-135m.safetensors; its own budget is
-#   replaced by BUDGET), ONLY (namm or baselines: one of the two).
+#   replaced by BUDGET), ONLY (namm or baselines: one of the two), BASELINES (the baselines
+#   besides the full cache, default "streaming h2o snapkv tova knorm random").
 set -euo pipefail
-[[ $# -ge 2 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
 BUDGET=$1 OUT=$2
 shift 2
 TASKS=("$@")
@@ -24,7 +25,7 @@ NAMM_FILE=${NAMM_FILE:-$(dirname "$0")/../assets/namm-smollm2-135m.safetensors}
 mkdir -p "$OUT"
 
 baselines=(--policy full)
-for p in streaming h2o snapkv tova knorm random; do
+for p in ${BASELINES:-streaming h2o snapkv tova knorm random}; do
   baselines+=(--policy "$p:budget=$BUDGET")
 done
 namm=(--policy "namm:$NAMM_FILE,budget=$BUDGET")
