@@ -13,7 +13,7 @@
 #   replaced by BUDGET), ONLY (namm or baselines: one of the two), BASELINES (the baselines
 #   besides the full cache, default "streaming h2o snapkv tova knorm random").
 set -euo pipefail
-[[ $# -ge 2 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 BUDGET=$1 OUT=$2
 shift 2
 TASKS=("$@")
