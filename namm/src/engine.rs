@@ -6,7 +6,7 @@ mod cache;
 mod decode;
 mod sampling;
 mod session;
-mod softmax;
+pub(crate) mod softmax;
 mod stats;
 mod stream;
 

@@ -64,7 +64,7 @@ fn softmax_row(row: &mut [f32], visible: usize) {
 /// e^x for x ≤ 0 (Cephes' expf: range reduction by ln 2, degree-6 polynomial, relative error
 /// ~1e-7); below −87 the result is clamped to e^−87 (~1.6e−38) rather than underflowing.
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
