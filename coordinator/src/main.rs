@@ -24,7 +24,7 @@ enum Command {
     /// Serve the coordinator, resuming every unfinished run in the database. Without --run,
     /// a database that holds no run gets the default NAMM run (examples/runs/namm-surprisal.toml:
     /// SmolLM2-135M; passkey and multi-key needle-in-a-haystack at 1024 tokens; budget 0.25;
-    /// sep-CMA-ES, population 8; ~6 minutes a generation on one 2-core worker) and one local
+    /// sep-CMA-ES, population 8; ~3 minutes a generation on one 2-core worker) and one local
     /// worker process that loads --model; stop with Ctrl-C and start again to resume it.
     Start {
         /// Address to serve gRPC on.
