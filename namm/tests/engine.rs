@@ -225,10 +225,13 @@ fn margin(v: &[f32]) -> f32 {
 /// activations exact; Q8_0 re-quantises the weights. Over 49152 logits of magnitude up to ~40
 /// the largest difference measured was 1.25 (f32, f32+gguf), 2.11 (Q8_0), 1.70 (f32+Q8_0),
 /// 1.54 (int8+gguf: its activations' scales are f32 where candle's Q8_1 rounds them to f16),
-/// medians 0.6–0.9, hence these tolerances on max |Δ|.
+/// medians 0.6–0.9; after the AVX-512 decode attention (FMA products, another summation
+/// order) 0.97 (f32), 1.51 (f32+gguf), 1.96 (Q8_0), 1.18 (f32+Q8_0), 1.31 (int8+gguf): these
+/// maxima over 49152 logits × 48 steps move by ~0.3 with summation order alone, hence these
+/// tolerances on max |Δ|.
 fn format_tolerance(format: WeightFormat) -> f32 {
     match format {
-        WeightFormat::F32 | WeightFormat::F32Gguf => 1.5,
+        WeightFormat::F32 | WeightFormat::F32Gguf => 2.0,
         _ => 2.5,
     }
 }
