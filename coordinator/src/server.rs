@@ -315,6 +315,7 @@ fn spawn_worker_process(
         .arg("--model")
         .arg(&opts.model)
         .arg("--exit-with-parent")
+        .arg(std::process::id().to_string())
         .kill_on_drop(true);
     match &opts.token {
         Some(t) => cmd.env("NAMM_TOKEN", t),

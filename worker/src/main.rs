@@ -77,9 +77,10 @@ struct Cli {
     /// out counts as an unreachable coordinator and is retried.
     #[arg(long, default_value = "120", value_name = "SECS", value_parser = parse_timeout)]
     request_timeout: Duration,
-    /// Stop when the process that started this one exits (local workers of `namm-coord`).
-    #[arg(long, hide = true)]
-    exit_with_parent: bool,
+    /// Stop when process PID, which started this one, exits (local workers of `namm-coord`;
+    /// the pid is given, not read at start, so a parent gone before then is noticed too).
+    #[arg(long, hide = true, value_name = "PID")]
+    exit_with_parent: Option<u32>,
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {
@@ -94,11 +95,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    // Read before the model loads: a parent that dies meanwhile is still noticed.
-    #[cfg(unix)]
-    let parent = std::os::unix::process::parent_id();
-    #[cfg(not(unix))]
-    let parent = 0;
     if cli.slots == 0 || cli.slots > 1024 {
         anyhow::bail!("--slots {}: must be between 1 and 1024", cli.slots);
     }
@@ -132,12 +128,12 @@ fn main() -> anyhow::Result<()> {
         auth,
         llm,
     };
-    let exit_with_parent = cli.exit_with_parent;
+    let parent = cli.exit_with_parent;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(namm_worker::run(cfg, async move {
         tokio::select! {
             _ = stop_signal() => tracing::info!("signal received; handing back the units in hand"),
-            _ = parent_exit(parent), if exit_with_parent => tracing::warn!("the coordinator that started this worker is gone; stopping"),
+            _ = parent_exit(parent.unwrap_or(0)), if parent.is_some() => tracing::warn!("the coordinator that started this worker is gone; stopping"),
         }
     }));
     // An evaluation of a handed-back unit may still be running on a blocking thread; its
