@@ -315,28 +315,13 @@ unsafe fn tile_vnni<const R: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::q4::tests::q4_1_bytes;
     use super::*;
 
     fn weights(rows: usize, cols: usize) -> Vec<f32> {
         (0..rows * cols)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 13) as f32))
             .collect()
-    }
-
-    /// GGUF Q4_1 bytes of row-major weights (min and range per block, f16).
-    fn q4_1_bytes(w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for x in w.chunks_exact(BLOCK) {
-            let min = x.iter().copied().fold(f32::INFINITY, f32::min);
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let d = half::f16::from_f32((max - min) / 15.0);
-            let m = half::f16::from_f32(min);
-            let level = |v: f32| (((v - m.to_f32()) / d.to_f32()).round().clamp(0.0, 15.0)) as u8;
-            out.extend_from_slice(&d.to_bits().to_le_bytes());
-            out.extend_from_slice(&m.to_bits().to_le_bytes());
-            out.extend((0..16).map(|j| level(x[j]) | level(x[j + 16]) << 4));
-        }
-        out
     }
 
     fn q8_0_bytes(w: &[f32]) -> Vec<u8> {

@@ -133,11 +133,11 @@ unsafe fn dot_avx2(qs: &[u8], dw: &[f32], x: &[i8], dx: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// GGUF Q4_1 bytes of row-major weights (min and range per block, f16).
-    fn q4_1_bytes(w: &[f32]) -> Vec<u8> {
+    pub(in crate::model) fn q4_1_bytes(w: &[f32]) -> Vec<u8> {
         let mut out = Vec::new();
         for x in w.chunks_exact(BLOCK) {
             let min = x.iter().copied().fold(f32::INFINITY, f32::min);
