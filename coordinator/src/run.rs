@@ -247,9 +247,10 @@ impl ActiveRun {
                     let mut rng = rng_for(self.spec.seed, u64::from(g), Purpose::Prompts);
                     let drawn = training::draw_prompts(&namm, &tasks, &mut rng);
                     self.shards = training::shards(&tasks, &drawn, namm.shard_size);
-                    let measure = match namm.fitness {
-                        FitnessKind::Metric => Measure::Decode,
-                        FitnessKind::Likelihood => Measure::AnswerLikelihood,
+                    let measure = if namm.fitness.uses_likelihood() {
+                        Measure::AnswerLikelihood
+                    } else {
+                        Measure::Decode
                     };
                     for c in 0..self.population_size() {
                         for (s, items) in self.shards.iter().enumerate() {
@@ -722,14 +723,13 @@ fn reference_shards(namm: &NammSpec, tasks: &[String]) -> Vec<(Vec<String>, Meas
             .map(move |s| (s, measure))
             .collect::<Vec<_>>()
     };
-    match namm.fitness {
-        FitnessKind::Metric => shards(training::pool_indices(namm), Measure::Decode),
-        FitnessKind::Likelihood => {
-            let pool = (0..namm.pool_size as u64).collect();
-            let mut all = shards(pool, Measure::AnswerLikelihood);
-            all.extend(shards(training::heldout_indices(namm), Measure::Decode));
-            all
-        }
+    if namm.fitness.uses_likelihood() {
+        let pool = (0..namm.pool_size as u64).collect();
+        let mut all = shards(pool, Measure::AnswerLikelihood);
+        all.extend(shards(training::heldout_indices(namm), Measure::Decode));
+        all
+    } else {
+        shards(training::pool_indices(namm), Measure::Decode)
     }
 }
 

@@ -208,6 +208,16 @@ pub enum FitnessKind {
     /// Per task, exp of the mean over prompts of the gold answer's log-likelihood per token
     /// (teacher-forced after the prompt) minus the full cache's on the same prompt.
     Likelihood,
+    /// As `likelihood`, with each prompt's difference capped at 0: the share of the full
+    /// cache's gold-answer probability the evicted cache keeps, never credited above it.
+    Retained,
+}
+
+impl FitnessKind {
+    /// Whether candidates are measured by the gold answer's likelihood (no decoding loop).
+    pub fn uses_likelihood(self) -> bool {
+        matches!(self, FitnessKind::Likelihood | FitnessKind::Retained)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -750,6 +760,10 @@ target_fitness = -1e-8
             let e = namm(bad).unwrap_err().to_string();
             assert!(e.contains("namm.budget"), "{bad}: {e}");
         }
+        assert_eq!(
+            namm("fitness = \"retained\"").unwrap().fitness,
+            FitnessKind::Retained
+        );
         assert!(namm("fitness = \"loss\"").is_err());
     }
 

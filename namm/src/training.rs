@@ -138,6 +138,11 @@ pub struct Fitness {
 ///   gold answer's per-token probability (geometric mean over prompts): 1.0 = as the full
 ///   cache, continuous in the candidate, so a handful of prompts already ranks candidates
 ///   that a 0/1 metric would tie.
+/// * [`FitnessKind::Retained`]: as `Likelihood` with each prompt's ℓ − ℓ_full capped at 0, so
+///   at most 1.0 per task. Where the full cache's own answers go wrong (passkey, whose answers
+///   loop on "the pass key is…"), an evicted cache can raise the gold answer's likelihood far
+///   above the full cache's, and under the plain mean that gain pays for losing answers on
+///   another task; capped, a candidate is credited only for keeping what the full cache knew.
 ///
 /// Tasks appear in the order of `tasks`; a prompt whose reference is missing or whose measure
 /// is NaN makes the fitness NaN (ranked last), never a silent zero.
@@ -163,7 +168,10 @@ pub fn fitness(
         let acc = &mut per_task[t];
         acc[0] += item.score;
         acc[1] += r.score;
-        acc[2] += item.logprob - r.logprob;
+        let gain = item.logprob - r.logprob;
+        // NaN stays NaN (f64::min would turn it into 0).
+        let capped = kind == FitnessKind::Retained && gain > 0.0;
+        acc[2] += if capped { 0.0 } else { gain };
         acc[3] += item.kept_fraction;
         acc[4] += 1.0;
     }
@@ -176,7 +184,7 @@ pub fn fitness(
             let normalised = match kind {
                 _ if n == 0.0 => f64::NAN,
                 FitnessKind::Metric => score / reference.max(1.0 / n_f),
-                FitnessKind::Likelihood => (gain / n_f).exp(),
+                FitnessKind::Likelihood | FitnessKind::Retained => (gain / n_f).exp(),
             };
             TaskResult {
                 task: task.clone(),
@@ -302,6 +310,25 @@ mod tests {
         let mut broken = items(&[("a#0", 1.0), ("a#1", 0.5), ("b#0", 0.8)]);
         broken[1].logprob = f64::NAN;
         assert!(fitness(FitnessKind::Likelihood, &tasks, &broken, &refs)
+            .fitness
+            .is_nan());
+    }
+
+    #[test]
+    fn retained_fitness_gives_no_credit_above_the_full_cache() {
+        let tasks = vec!["a".to_string(), "b".to_string()];
+        let refs = reference(&[("a#0", 0.5), ("a#1", 0.25), ("b#0", 0.8)]);
+        let scored = items(&[("a#0", 1.0), ("a#1", 0.0625), ("b#0", 0.4)]);
+        let f = fitness(FitnessKind::Retained, &tasks, &scored, &refs);
+        // Task a: a#0's gain ln 2 counts as 0, a#1 keeps ln 0.25: exp(ln 0.25 / 2) = 0.5.
+        assert!((f.tasks[0].normalised - 0.5).abs() < 1e-12);
+        assert!((f.tasks[1].normalised - 0.5).abs() < 1e-12);
+        // The uncapped fitness lets a#0's gain offset a#1's loss.
+        let plain = fitness(FitnessKind::Likelihood, &tasks, &scored, &refs);
+        assert!(plain.tasks[0].normalised > f.tasks[0].normalised);
+        let mut broken = scored.clone();
+        broken[0].logprob = f64::NAN;
+        assert!(fitness(FitnessKind::Retained, &tasks, &broken, &refs)
             .fitness
             .is_nan());
     }
