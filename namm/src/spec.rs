@@ -732,7 +732,7 @@ target_fitness = -1e-8
         let spec = RunSpec::default_namm();
         let namm = spec.namm.as_ref().unwrap();
         assert_eq!(namm.budget(), Some(Budget::Fraction(0.25)));
-        assert_eq!(namm.fitness, FitnessKind::Likelihood);
+        assert_eq!(namm.fitness, FitnessKind::Retained);
         assert_eq!(namm.features, FeatureSet::Surprisal);
         assert_eq!(spec.covariance(), Covariance::Diagonal);
         assert!(spec.strategy.init_from.is_some());
