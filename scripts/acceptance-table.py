@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Markdown tables from scripts/acceptance.sh's output folder: per budget, the score of every
 policy on every task (100 x mean per-sample score, with the kept fraction of the NAMM), and
-each policy's mean score ratio to the full cache over the tasks.
+each policy's mean score ratio to the full cache over the tasks. Several folders make one
+table (e.g. baselines measured in another run of the script); a policy measured in more than
+one keeps the last folder's result.
 
-Usage: scripts/acceptance-table.py OUT
+Usage: scripts/acceptance-table.py OUT [OUT...]
 """
 import json
 import pathlib
@@ -18,10 +20,11 @@ def row_name(policy):
     return family
 
 
-def load(folder):
-    """{budget: {task: {row: result}}} from every `*-budget-B.json` in the folder."""
+def load(folders):
+    """{budget: {task: {row: result}}} from every `*-budget-B.json` in the folders."""
     tables = {}
-    for path in sorted(pathlib.Path(folder).glob("*-budget-*.json")):
+    paths = [p for f in folders for p in sorted(pathlib.Path(f).glob("*-budget-*.json"))]
+    for path in paths:
         budget = path.stem.rsplit("-budget-", 1)[1]
         report = json.loads(path.read_text())
         for result in report["results"]:
@@ -59,9 +62,9 @@ def print_table(budget, by_task):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    for budget, by_task in sorted(load(sys.argv[1]).items()):
+    for budget, by_task in sorted(load(sys.argv[1:]).items()):
         print_table(budget, by_task)
 
 
