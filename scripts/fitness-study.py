@@ -11,15 +11,19 @@ does (namm/src/training.rs):
   metric fitness     = mean over tasks of score / max(full score, 1/n)
   likelihood fitness = mean over tasks of exp(mean over prompts of (ℓ − ℓ_full)),
                        ℓ = mean log-probability per gold-answer token
+  retained fitness   = the same with each prompt's ℓ − ℓ_full capped at 0
 and prints the Spearman rank correlation of each fitness on draw A (and B) with the metric
 fitness on the 50 held-out prompts, and the spread between the two draws: mean |f_A − f_B|
 over the candidates' standard deviation (the draw noise against the differences between
 candidates; scale-free, so the two fitnesses compare) and the rank correlation of A with B.
 
 usage: scripts/fitness-study.py CENTRE.safetensors OUT_DIR [--candidates 48] [--budget 0.25]
-         [--draw 8] [--heldout 50] [--seed 0] [--task passkey:len=1024 --task niah-multikey:len=1024]
+         [--draw 8] [--heldout 50] [--seed 0] [--group 4]
+         [--task passkey:len=1024 --task niah-multikey:len=1024]
 Env NAMM_BIN_DIR: where the `namm` binary is (default $CARGO_TARGET_DIR/release or
-target/release). The evaluations are kept in OUT_DIR; a rerun reuses them.
+target/release). The evaluations are kept in OUT_DIR, one file per task and group of
+--group candidates (the full cache in a group of its own), so a study interrupted (~4 hours
+on 2 cores with the defaults) continues where it stopped when rerun with the same arguments.
 """
 import argparse
 import json
@@ -80,20 +84,28 @@ def candidates(centre, out, count, seed):
 
 
 def evaluate(task, paths, args, out):
-    file = out / f"eval-{task.replace(':', '_').replace(',', '_').replace('=', '-')}.json"
-    if not file.exists():
-        target = os.environ.get("CARGO_TARGET_DIR", pathlib.Path(__file__).parent.parent / "target")
-        binary = pathlib.Path(os.environ.get("NAMM_BIN_DIR", pathlib.Path(target) / "release")) / "namm"
-        policies = ["--policy", "full"]
-        for p in paths:
-            policies += ["--policy", f"namm:{p},budget={args.budget}"]
-        cmd = [str(binary), "eval", "--task", task, "--seed", "1",
-               "--samples", str(args.heldout + 2 * args.draw), "--answer-likelihood", "--json"]
-        part = file.with_suffix(".part")
-        with open(part, "w") as f:
-            subprocess.run(cmd + policies, stdout=f, check=True)
-        part.rename(file)
-    return json.loads(file.read_text())["results"]
+    """Every policy's result on `task`: the full cache, then the candidates in order."""
+    groups = [["full"]] + [
+        [f"namm:{p},budget={args.budget}" for p in paths[i:i + args.group]]
+        for i in range(0, len(paths), args.group)
+    ]
+    stem = f"eval-{task.replace(':', '_').replace(',', '_').replace('=', '-')}"
+    results = []
+    for g, policies in enumerate(groups):
+        file = out / f"{stem}-group-{g:03}.json"
+        if not file.exists():
+            print(f"{task}: group {g + 1} of {len(groups)}", flush=True)
+            target = os.environ.get("CARGO_TARGET_DIR", pathlib.Path(__file__).parent.parent / "target")
+            binary = pathlib.Path(os.environ.get("NAMM_BIN_DIR", pathlib.Path(target) / "release")) / "namm"
+            cmd = [str(binary), "eval", "--task", task, "--seed", "1",
+                   "--samples", str(args.heldout + 2 * args.draw), "--answer-likelihood", "--json"]
+            part = file.with_suffix(".part")
+            with open(part, "w") as f:
+                subprocess.run(cmd + [a for p in policies for a in ("--policy", p)],
+                               stdout=f, check=True)
+            part.rename(file)
+        results += json.loads(file.read_text())["results"]
+    return results
 
 
 def metric(scores, full):
@@ -101,12 +113,12 @@ def metric(scores, full):
     return (sum(scores) / n) / max(sum(full) / n, 1.0 / n)
 
 
-def likelihood(logps, full):
-    return math.exp(sum(l - f for l, f in zip(logps, full)) / len(logps))
+def likelihood(logps, full, cap=math.inf):
+    return math.exp(sum(min(l - f, cap) for l, f in zip(logps, full)) / len(logps))
 
 
 def fitnesses(results_by_task, window):
-    """{candidate: (metric, likelihood)} on the sample indices in `window`."""
+    """{candidate: [metric, likelihood, retained]} on the sample indices in `window`."""
     out = {}
     for results in results_by_task:
         full = next(r for r in results if r["policy"] == "full")["results"]
@@ -116,11 +128,10 @@ def fitnesses(results_by_task, window):
                 continue
             mine = [s for s in r["results"] if s["index"] in window]
             m = metric([s["score"] for s in mine], [s["score"] for s in full])
-            l = likelihood([s["answer_logprob"] for s in mine],
-                           [s["answer_logprob"] for s in full])
-            acc = out.setdefault(r["policy"], [0.0, 0.0])
-            acc[0] += m / len(results_by_task)
-            acc[1] += l / len(results_by_task)
+            logps = ([s["answer_logprob"] for s in mine], [s["answer_logprob"] for s in full])
+            acc = out.setdefault(r["policy"], [0.0, 0.0, 0.0])
+            for k, f in enumerate([m, likelihood(*logps), likelihood(*logps, cap=0.0)]):
+                acc[k] += f / len(results_by_task)
     return out
 
 
@@ -161,6 +172,7 @@ def main():
     p.add_argument("--heldout", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", action="append")
+    p.add_argument("--group", type=int, default=4, help="candidates per `namm eval` call")
     args = p.parse_args()
     tasks = args.task or ["passkey:len=1024", "niah-multikey:len=1024"]
     out = pathlib.Path(args.out)
@@ -178,7 +190,7 @@ def main():
           f"truth: metric fitness on {h} prompts per task, draws of {d}")
     print("| fitness on a draw | rank corr. with truth (draw A, B) | mean abs(A − B) / sd | rank corr. A–B |")
     print("|---|--:|--:|--:|")
-    for k, label in [(0, "metric"), (1, "likelihood")]:
+    for k, label in [(0, "metric"), (1, "likelihood"), (2, "retained")]:
         a = [draw_a[n][k] for n in names]
         b = [draw_b[n][k] for n in names]
         spread = sum(abs(x - y) for x, y in zip(a, b)) / len(a) / sd(a + b)
