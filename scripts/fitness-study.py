@@ -90,15 +90,15 @@ def evaluate(task, paths, args, out):
         for i in range(0, len(paths), args.group)
     ]
     stem = f"eval-{task.replace(':', '_').replace(',', '_').replace('=', '-')}"
+    target = os.environ.get("CARGO_TARGET_DIR", pathlib.Path(__file__).parent.parent / "target")
+    binary = pathlib.Path(os.environ.get("NAMM_BIN_DIR", pathlib.Path(target) / "release")) / "namm"
+    cmd = [str(binary), "eval", "--task", task, "--seed", "1",
+           "--samples", str(args.heldout + 2 * args.draw), "--answer-likelihood", "--json"]
     results = []
     for g, policies in enumerate(groups):
         file = out / f"{stem}-group-{g:03}.json"
         if not file.exists():
             print(f"{task}: group {g + 1} of {len(groups)}", flush=True)
-            target = os.environ.get("CARGO_TARGET_DIR", pathlib.Path(__file__).parent.parent / "target")
-            binary = pathlib.Path(os.environ.get("NAMM_BIN_DIR", pathlib.Path(target) / "release")) / "namm"
-            cmd = [str(binary), "eval", "--task", task, "--seed", "1",
-                   "--samples", str(args.heldout + 2 * args.draw), "--answer-likelihood", "--json"]
             part = file.with_suffix(".part")
             with open(part, "w") as f:
                 subprocess.run(cmd + [a for p in policies for a in ("--policy", p)],
