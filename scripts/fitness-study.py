@@ -230,14 +230,28 @@ def main():
     print(f"{len(names)} candidates, tasks {tasks}, budget {args.budget}; truth: metric fitness "
           f"on {h} prompts per task (task seed 1), mean {sum(gold) / len(gold):.3f}, "
           f"sd {sd(gold):.3f}; two draws of {d} prompts per task (task seed {args.draw_seed})")
+    labels = ["metric", "likelihood", "retained"]
     print("| fitness on a draw | rank corr. with truth (draw A, B) | mean abs(A − B) / sd | rank corr. A–B |")
     print("|---|--:|--:|--:|")
-    for k, label in [(0, "metric"), (1, "likelihood"), (2, "retained")]:
+    for k, label in enumerate(labels):
         a = [draw_a[n][k] for n in names]
         b = [draw_b[n][k] for n in names]
         spread = sum(abs(x - y) for x, y in zip(a, b)) / len(a) / sd(a + b)
         print(f"| {label} | {spearman(a, gold):.2f}, {spearman(b, gold):.2f} | "
               f"{spread:.3f} | {spearman(a, b):.2f} |")
+    # A CMA-ES population shares one σ: how each fitness orders candidates that close together.
+    print("\nwithin one σ: rank corr. with truth, draw A, B")
+    print("| σ | candidates | truth sd | " + " | ".join(labels) + " |")
+    print("|--:|--:|--:|" + "--:|" * len(labels))
+    for j, sigma in enumerate(SIGMAS):
+        near = [n for n in names if int(n.split("candidate-")[1][:3]) % len(SIGMAS) == j]
+        if len(near) < 3:
+            continue
+        g = [truth[n][0] for n in near]
+        cells = [f"{spearman([draw_a[n][k] for n in near], g):.2f}, "
+                 f"{spearman([draw_b[n][k] for n in near], g):.2f}" for k in range(len(labels))]
+        print(f"| {sigma} | {len(near)} | {sd(g):.3f} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()
