@@ -17,6 +17,8 @@ and prints the Spearman rank correlation of each fitness on draw A (and B) with 
 fitness on the 50 held-out prompts, and the spread between the two draws: mean |f_A − f_B|
 over the candidates' standard deviation (the draw noise against the differences between
 candidates; scale-free, so the two fitnesses compare) and the rank correlation of A with B.
+Then the rank correlations again within each σ: a CMA-ES population shares one step size, so
+this is how finely each fitness orders candidates close together.
 
 usage: scripts/fitness-study.py CENTRE.safetensors OUT_DIR [--candidates 48] [--budget 0.25]
          [--draw 8] [--heldout 50] [--seed 0] [--group 4] [--draw-seed 2] [--streams 2]
