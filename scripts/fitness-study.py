@@ -107,11 +107,12 @@ def jobs(tasks, paths, args, out):
         "draws": ["--seed", str(args.draw_seed), "--samples", str(2 * args.draw),
                   "--answer-likelihood"],
     }
+    binary = str(namm_binary())
     for g, policies in enumerate(groups):
         for task in tasks:
             stem = task.replace(":", "_").replace(",", "_").replace("=", "-")
             for part, flags in parts.items():
-                cmd = [str(namm_binary()), "eval", "--task", task, "--json", *flags]
+                cmd = [binary, "eval", "--task", task, "--json", *flags]
                 cmd += [a for p in policies for a in ("--policy", p)]
                 yield (task, part, out / f"eval-{stem}-{part}-group-{g:03}.json", cmd)
 
@@ -132,8 +133,8 @@ def evaluate(tasks, paths, args, out):
     todo = list(jobs(tasks, paths, args, out))
     if not args.report_only:
         # Streams of one thread each: ~1.5x the throughput of one two-thread process.
+        threads = max(1, (os.cpu_count() or 1) // args.streams)
         with concurrent.futures.ThreadPoolExecutor(args.streams) as pool:
-            threads = max(1, (os.cpu_count() or 1) // args.streams)
             list(pool.map(functools.partial(run, threads), todo))
     results = {}
     for task, part, file, _ in todo:
@@ -157,7 +158,9 @@ def fitnesses(results, tasks, part, window, likelihoods=True):
     out = {}
     for task in tasks:
         rows = results.get((task, part), [])
-        full = next((r["results"] for r in rows if r["policy"] == "full"), [])
+        full = next((r["results"] for r in rows if r["policy"] == "full"), None)
+        if full is None:
+            continue  # a report while the full cache's run is still going
         full = [r for r in full if r["index"] in window]
         for r in rows:
             if r["policy"] == "full":
